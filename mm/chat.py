@@ -1,0 +1,279 @@
+"""Conversations -> token ids and label masks, by chat template.
+
+A template renders a LLaVA conversation into text pieces, each marked trained or not. The whole text is
+tokenised once (so merges across piece borders are those the tokenizer really makes) and a token is
+trained when its character span touches a trained piece. Each ``<image>`` token is then expanded to
+``tokens_per_image`` copies, the positions the model fills with projected image features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+HUMAN_ROLES = {"human", "user"}
+ASSISTANT_ROLES = {"gpt", "assistant"}
+# End-of-turn tokens of the common chat templates; generation stops at any the tokenizer knows.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+class ConversationError(ValueError):
+    """The conversation cannot be rendered (bad roles, order, or empty)."""
+
+
+class SampleTooLong(ValueError):
+    """The sample exceeds ``max_length`` and cannot be truncated without cutting an image."""
+
+
+@dataclass
+class EncodedConversation:
+    input_ids: list[int]
+    labels: list[int]
+    num_images: int
+
+
+@dataclass
+class Turn:
+    role: str  # "system", "user" or "assistant"
+    text: str
+
+
+# A rendered piece of text; ``trained`` pieces get labels.
+Piece = tuple[str, bool]
+
+
+def to_turns(conversation: Sequence[dict]) -> list[Turn]:
+    """LLaVA ``{from, value}`` records -> validated turns (optional system, then user/assistant pairs)."""
+    turns: list[Turn] = []
+    for index, message in enumerate(conversation):
+        if not isinstance(message, dict):
+            raise ConversationError(f"turn {index} is not a dict: {message!r}")
+        role = str(message.get("from", message.get("role", ""))).lower()
+        text = message.get("value", message.get("content"))
+        if not isinstance(text, str):
+            raise ConversationError(f"turn {index} has no text value")
+        if role == "system" and index == 0:
+            turns.append(Turn("system", text))
+            continue
+        if role in HUMAN_ROLES:
+            role = "user"
+        elif role in ASSISTANT_ROLES:
+            role = "assistant"
+        else:
+            raise ConversationError(f"turn {index} has unknown role {role!r}")
+        expected = "user" if len([t for t in turns if t.role != "system"]) % 2 == 0 else "assistant"
+        if role != expected:
+            raise ConversationError(f"turn {index} is {role!r}, expected {expected!r} (turns must alternate)")
+        turns.append(Turn(role, text))
+    if not any(t.role == "user" for t in turns):
+        raise ConversationError("conversation has no user turn")
+    return turns
+
+
+class ChatTemplate:
+    """Renders turns to pieces. ``generation`` ends the text with the assistant's turn opening."""
+
+    name = ""
+
+    def render(self, turns: list[Turn], tokenizer, generation: bool) -> list[Piece]:
+        raise NotImplementedError
+
+    add_special_tokens = True  # let the tokenizer add BOS (templates that write it themselves say no)
+
+
+class VicunaV1(ChatTemplate):
+    """LLaVA-1.5's ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``."""
+
+    name = "vicuna_v1"
+
+    def render(self, turns, tokenizer, generation):
+        system = turns[0].text if turns[0].role == "system" else VICUNA_SYSTEM
+        pieces: list[Piece] = [(system + " ", False)]
+        for turn in turns:
+            if turn.role == "user":
+                pieces.append((f"USER: {turn.text} ASSISTANT:", False))
+            elif turn.role == "assistant":
+                pieces.append((" ", False))
+                pieces.append((turn.text + tokenizer.eos_token, True))
+        return pieces
+
+
+class Plain(ChatTemplate):
+    """LLaVA's stage-1 ``plain``: only the image placeholders of the user turn, then the caption."""
+
+    name = "plain"
+
+    def __init__(self, image_token: str = "<image>"):
+        self.image_token = image_token
+
+    def render(self, turns, tokenizer, generation):
+        pieces: list[Piece] = []
+        for turn in turns:
+            if turn.role == "user":
+                pieces.append((self.image_token * turn.text.count(self.image_token), False))
+            elif turn.role == "assistant":
+                pieces.append((turn.text + "\n", True))
+        return pieces
+
+
+class TokenizerChatTemplate(ChatTemplate):
+    """The tokenizer's own Jinja chat template (Qwen2, Llama-3, ...).
+
+    Assistant spans are found by rendering growing prefixes of the conversation: what a prefix ending
+    in an assistant turn adds over the same prefix with a generation prompt is that turn's text and
+    end-of-turn token (trailing whitespace is left untrained).
+    """
+
+    name = "chat_template"
+    add_special_tokens = False
+
+    def render(self, turns, tokenizer, generation):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConversationError("template 'chat_template' needs a tokenizer with a chat_template")
+        messages = [{"role": t.role, "content": t.text} for t in turns]
+
+        def text_of(count: int, prompt: bool) -> str:
+            return tokenizer.apply_chat_template(messages[:count], tokenize=False, add_generation_prompt=prompt)
+
+        pieces: list[Piece] = []
+        done = ""
+        for index, turn in enumerate(turns):
+            if turn.role != "assistant":
+                continue
+            opened, closed = text_of(index, True), text_of(index + 1, False)
+            if not (opened.startswith(done) and closed.startswith(opened)):
+                raise ConversationError("the tokenizer's chat template is not prefix-stable across turns")
+            answer = closed[len(opened):]
+            trained = answer.rstrip()
+            pieces += [(opened[len(done):], False), (trained, True), (answer[len(trained):], False)]
+            done = closed
+        final = text_of(len(turns), generation)
+        if not final.startswith(done):
+            raise ConversationError("the tokenizer's chat template is not prefix-stable across turns")
+        pieces.append((final[len(done):], False))
+        return pieces
+
+
+TEMPLATES: dict[str, Callable[[str], ChatTemplate]] = {
+    "vicuna_v1": lambda image_token: VicunaV1(),
+    "plain": lambda image_token: Plain(image_token),
+    "chat_template": lambda image_token: TokenizerChatTemplate(),
+}
+
+
+def get_template(name: str, image_token: str = "<image>") -> ChatTemplate:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; valid names: {sorted(TEMPLATES)}")
+    return TEMPLATES[name](image_token)
+
+
+def _image_token_id(tokenizer, image_token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no {image_token!r} token; add it (the model does) before encoding")
+    return token_id
+
+
+def _tokenize(pieces: list[Piece], tokenizer, add_special_tokens: bool) -> tuple[list[int], list[bool]]:
+    """Tokenise the joined pieces once; a token is trained when its span touches a trained piece."""
+    text = "".join(piece for piece, _ in pieces)
+    trained_chars = np.zeros(len(text) + 1, dtype=np.int64)
+    position = 0
+    for piece, trained in pieces:
+        if trained:
+            trained_chars[position + 1 : position + len(piece) + 1] = 1
+        position += len(piece)
+    covered = np.cumsum(trained_chars)
+    encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    trained_tokens = [bool(covered[end] - covered[start] > 0) for start, end in encoding["offset_mapping"]]
+    return list(encoding["input_ids"]), trained_tokens
+
+
+def _expand_images(ids: list[int], trained: list[bool], image_id: int, tokens_per_image: int):
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for token, is_trained in zip(ids, trained):
+        if token == image_id:
+            input_ids += [image_id] * tokens_per_image
+            labels += [IGNORE_INDEX] * tokens_per_image
+        else:
+            input_ids.append(token)
+            labels.append(token if is_trained else IGNORE_INDEX)
+    return input_ids, labels
+
+
+def _template(template: str | ChatTemplate, image_token: str) -> ChatTemplate:
+    return template if isinstance(template, ChatTemplate) else get_template(template, image_token)
+
+
+def encode_conversation(
+    conversation: Sequence[dict],
+    tokenizer,
+    template: str | ChatTemplate,
+    *,
+    tokens_per_image: int,
+    image_token: str = "<image>",
+    max_length: int | None = None,
+) -> EncodedConversation:
+    """Token ids and labels (``-100`` outside assistant turns) of a whole conversation."""
+    chat = _template(template, image_token)
+    turns = to_turns(conversation)
+    if not any(t.role == "assistant" for t in turns):
+        raise ConversationError("conversation has no assistant turn to train on")
+    image_id = _image_token_id(tokenizer, image_token)
+    ids, trained = _tokenize(chat.render(turns, tokenizer, generation=False), tokenizer, chat.add_special_tokens)
+    num_images = ids.count(image_id)
+    input_ids, labels = _expand_images(ids, trained, image_id, tokens_per_image)
+    if max_length is not None and len(input_ids) > max_length:
+        input_ids, labels = _truncate(input_ids, labels, image_id, max_length)
+    return EncodedConversation(input_ids, labels, num_images)
+
+
+def _truncate(input_ids: list[int], labels: list[int], image_id: int, max_length: int):
+    """Cut at ``max_length`` only after the last image and only if something is left to train."""
+    after_last_image = max((i + 1 for i, t in enumerate(input_ids) if t == image_id), default=0)
+    if after_last_image > max_length:
+        raise SampleTooLong(f"{len(input_ids)} tokens; its images end at {after_last_image} > max_length {max_length}")
+    if all(label == IGNORE_INDEX for label in labels[:max_length]):
+        raise SampleTooLong(f"{len(input_ids)} tokens; no assistant token left within max_length {max_length}")
+    return input_ids[:max_length], labels[:max_length]
+
+
+def encode_prompt(
+    conversation: Sequence[dict],
+    tokenizer,
+    template: str | ChatTemplate,
+    *,
+    tokens_per_image: int,
+    image_token: str = "<image>",
+) -> list[int]:
+    """Token ids of a conversation ending in a user turn, followed by the assistant's opening."""
+    chat = _template(template, image_token)
+    turns = to_turns(conversation)
+    if turns[-1].role != "user":
+        raise ConversationError("a prompt must end with a user turn")
+    image_id = _image_token_id(tokenizer, image_token)
+    ids, trained = _tokenize(chat.render(turns, tokenizer, generation=True), tokenizer, chat.add_special_tokens)
+    input_ids, _ = _expand_images(ids, trained, image_id, tokens_per_image)
+    return input_ids
+
+
+def stop_token_ids(tokenizer, template: str | ChatTemplate) -> list[int]:
+    """Token ids that end an assistant turn under ``template``."""
+    name = template.name if isinstance(template, ChatTemplate) else template
+    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if name == "chat_template":
+        vocab = tokenizer.get_vocab()
+        stops |= {vocab[token] for token in END_OF_TURN_TOKENS if token in vocab}
+    elif name == "plain":
+        newline = tokenizer.encode("\n", add_special_tokens=False)
+        if len(newline) == 1:
+            stops.add(newline[0])
+    return sorted(stops)
