@@ -1,0 +1,1 @@
+"""Streaming webdataset shards into padded, length-grouped or packed batches (see ``ShardDataModule``)."""

@@ -1,0 +1,92 @@
+"""Raw shard records -> model-ready samples (token ids, labels, uint8 images), or a counted skip."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mm.chat import ConversationError, SampleTooLong, encode_conversation
+from mm.transforms import ImageTransform
+
+
+class SkipSample(Exception):
+    """A sample that cannot be used; ``reason`` becomes the `skipped/<reason>` counter."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]
+    images: list[torch.Tensor]
+    """uint8 (3, S, S) per image, in placeholder order."""
+    key: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class SampleDecoder:
+    """Decode one shard record: JSON + images -> ``Sample``; raises ``SkipSample`` on bad input."""
+
+    tokenizer: object
+    template: str
+    tokens_per_image: int
+    image_transform: ImageTransform
+    image_token: str = "<image>"
+    max_length: int | None = None
+
+    def __call__(self, record: dict) -> Sample:
+        key = f"{record.get('__url__', '')}#{record.get('__key__', '')}"
+        meta = self._json(record, key)
+        conversation = meta.get("conversations")
+        image_names = meta.get("images", [])
+        if not isinstance(conversation, list) or not isinstance(image_names, list):
+            raise SkipSample("bad_json", f"{key}: `conversations` and `images` must be lists")
+        try:
+            encoded = encode_conversation(
+                conversation,
+                self.tokenizer,
+                self.template,
+                tokens_per_image=self.tokens_per_image,
+                image_token=self.image_token,
+                max_length=self.max_length,
+            )
+        except SampleTooLong as error:
+            raise SkipSample("too_long", f"{key}: {error}") from error
+        except ConversationError as error:
+            raise SkipSample("bad_conversation", f"{key}: {error}") from error
+        kept_images = self._kept_images(encoded, len(image_names), key)
+        images = [self._image(record, name, key) for name in image_names[:kept_images]]
+        return Sample(encoded.input_ids, encoded.labels, images, key)
+
+    def _json(self, record: dict, key: str) -> dict:
+        if "json" not in record:
+            raise SkipSample("bad_json", f"{key}: no .json member")
+        try:
+            meta = json.loads(record["json"])
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SkipSample("bad_json", f"{key}: {error}") from error
+        if not isinstance(meta, dict):
+            raise SkipSample("bad_json", f"{key}: JSON is not an object")
+        return meta
+
+    def _kept_images(self, encoded, listed: int, key: str) -> int:
+        if encoded.num_images != listed:
+            raise SkipSample("image_mismatch", f"{key}: {encoded.num_images} placeholders, {listed} images listed")
+        return encoded.num_images
+
+    def _image(self, record: dict, name: str, key: str) -> torch.Tensor:
+        if name not in record:
+            raise SkipSample("missing_image", f"{key}: no member {name!r}")
+        try:
+            return self.image_transform.load(record[name])
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            raise SkipSample("bad_image", f"{key}/{name}: {error}") from error
