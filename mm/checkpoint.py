@@ -1,0 +1,136 @@
+"""Self-contained checkpoint directories: save, load (ours and llava-hf), atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+import mm
+from mm.config import VLMConfig
+
+CONFIG_NAME = "mm_config.json"
+WEIGHTS_NAME = "model.safetensors"
+IMAGE_PROCESSING_NAME = "image_processing.json"
+FORMAT_VERSION = 1
+
+
+def save_pretrained(model, directory: str | os.PathLike) -> None:
+    """Write config, weights, tokenizer and image settings to `directory`, replacing it atomically."""
+    from safetensors.torch import save_model
+
+    with atomic_directory(directory) as tmp:
+        resolved = resolved_config(model)
+        payload = {"format_version": FORMAT_VERSION, "mm_version": mm.__version__, **resolved.to_dict()}
+        (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        model.tokenizer.save_pretrained(str(tmp))
+        image = model.image_transform_config
+        image_settings = {"image_size": image.image_size, "mean": list(image.mean), "std": list(image.std),
+                          "mode": image.mode, "tokens_per_image": model.tokens_per_image}
+        (tmp / IMAGE_PROCESSING_NAME).write_text(json.dumps(image_settings, indent=2) + "\n")
+
+
+def resolved_config(model) -> VLMConfig:
+    """The model's config with every architecture inlined (loading needs no network)."""
+    import dataclasses
+
+    from mm.llm import resolved_llm_config
+
+    return dataclasses.replace(
+        model.config,
+        vision=model.vision_tower.resolved_config(),
+        llm=resolved_llm_config(model.config.llm, model.llm),
+    )
+
+
+def load_pretrained(path: str | os.PathLike, *, trust_remote_code: bool = False, torch_dtype=None):
+    """Load one of our checkpoint directories or a llava-hf (`model_type: "llava"`) directory / hub id."""
+    directory = _local_directory(str(path))
+    if (directory / CONFIG_NAME).is_file():
+        model = _load_ours(directory, trust_remote_code)
+    elif _is_llava_dir(directory):
+        from mm.llava import load_llava_hf
+
+        model = load_llava_hf(directory, trust_remote_code=trust_remote_code)
+    else:
+        raise ValueError(
+            f"{path} is neither an mm checkpoint (no {CONFIG_NAME}) nor a llava-hf directory "
+            "(config.json with model_type 'llava')"
+        )
+    if torch_dtype is not None:
+        model = model.to(_as_dtype(torch_dtype))
+    return model.eval()
+
+
+def _load_ours(directory: Path, trust_remote_code: bool):
+    from safetensors.torch import load_model
+
+    from mm.builder import build_vlm
+    from mm.llm import load_tokenizer
+
+    payload = json.loads((directory / CONFIG_NAME).read_text())
+    version = payload.pop("format_version", None)
+    payload.pop("mm_version", None)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{directory}: checkpoint format_version {version!r}, this mm reads {FORMAT_VERSION}")
+    config = VLMConfig.from_dict(payload)
+    tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
+    model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+    return model
+
+
+def _is_llava_dir(directory: Path) -> bool:
+    config_path = directory / "config.json"
+    return config_path.is_file() and json.loads(config_path.read_text()).get("model_type") == "llava"
+
+
+def _local_directory(path: str) -> Path:
+    if os.path.isdir(path):
+        return Path(path)
+    if os.path.exists(path):
+        raise ValueError(f"{path} is a file; a checkpoint is a directory")
+    if path.count("/") != 1 or path.startswith((".", "/")):
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown torch_dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
+    return value
+
+
+class atomic_directory:
+    """Context manager: yields a temp dir beside `target`; on success it replaces `target` in one rename."""
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target).resolve()
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        os.chmod(self.tmp, 0o755)
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+            os.replace(self.target, old / "previous")
+            os.replace(self.tmp, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.target)

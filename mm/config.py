@@ -1,0 +1,111 @@
+"""Typed configuration of a vision-language model, with a JSON round trip.
+
+Field docstrings are one line each: jsonargparse turns them into CLI help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_TRANSFORM_MODES = ("pad", "resize", "crop")
+
+
+@dataclass
+class VisionTowerConfig:
+    """Which vision encoder to use and which of its features feed the projector."""
+
+    kind: str = "hf_clip"
+    """Tower family: one of `open_clip`, `hf_clip`, `hf_siglip`."""
+    name_or_path: str = "openai/clip-vit-large-patch14-336"
+    """Hub id, local directory, config JSON path, or open_clip model name."""
+    pretrained: str | None = None
+    """open_clip only: pretrained tag (e.g. `openai`) or a local weights file."""
+    model_config: dict[str, Any] | None = None
+    """Inline architecture config; when set it wins over `name_or_path` for the architecture."""
+    select_layer: int = -2
+    """Hidden-state index whose features are used (0 = embeddings, -1 = last block, -2 = penultimate)."""
+    keep_prefix_tokens: bool = False
+    """Keep the CLS/prefix tokens in the features (LLaVA-1.5 drops them)."""
+    image_mean: list[float] | None = None
+    """Per-channel normalisation mean; None = the tower's own."""
+    image_std: list[float] | None = None
+    """Per-channel normalisation std; None = the tower's own."""
+
+
+@dataclass
+class ProjectorConfig:
+    """How vision features are mapped into the LLM's embedding space."""
+
+    kind: str = "mlp2x_gelu"
+    """Projector: one of `linear`, `mlp2x_gelu`, `pixel_shuffle2x_mlp`."""
+    bias: bool = True
+    """Whether the projector's linear layers have a bias."""
+
+
+@dataclass
+class LLMConfig:
+    """Which causal language model to use."""
+
+    name_or_path: str = "lmsys/vicuna-7b-v1.5"
+    """Hub id, local directory (weights are loaded) or config JSON path (random init)."""
+    model_config: dict[str, Any] | None = None
+    """Inline transformers config dict; when set the LLM is built from it without weights."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or directory; None = `name_or_path`."""
+    attn_implementation: str = "sdpa"
+    """transformers attention backend: `sdpa`, `eager`, `flash_attention_2`, ..."""
+
+
+@dataclass
+class VLMConfig:
+    """A vision tower, a projector and a causal LLM."""
+
+    vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
+    """Vision tower settings."""
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    """Projector settings."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """Language model settings."""
+    image_token: str = "<image>"
+    """Placeholder token marking image positions in the text."""
+    chat_template: str = "vicuna_v1"
+    """Conversation template the model is trained with (see `mm.chat`)."""
+    image_transform: str = "pad"
+    """How images are brought to the tower's square size: `pad`, `resize` or `crop`."""
+
+    def __post_init__(self) -> None:
+        if self.image_transform not in IMAGE_TRANSFORM_MODES:
+            raise ValueError(
+                f"image_transform={self.image_transform!r} is not one of {list(IMAGE_TRANSFORM_MODES)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VLMConfig":
+        data = dict(data)
+        parts = {"vision": VisionTowerConfig, "projector": ProjectorConfig, "llm": LLMConfig}
+        kwargs = {name: _dataclass_from_dict(part, data.pop(name, {})) for name, part in parts.items()}
+        return _dataclass_from_dict(cls, {**data, **kwargs})
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "VLMConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _dataclass_from_dict(cls, data):
+    if isinstance(data, cls):
+        return data
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(known)}")
+    return cls(**data)

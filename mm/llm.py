@@ -1,0 +1,91 @@
+"""The causal LLM and its tokenizer: any transformers `AutoModelForCausalLM`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from torch import nn
+
+from mm.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_llm(config: LLMConfig, *, load_weights: bool = True, trust_remote_code: bool = False) -> nn.Module:
+    """From an inline config or config JSON (random init), or a hub id / local directory (weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = {"attn_implementation": config.attn_implementation, "trust_remote_code": trust_remote_code}
+    if config.model_config is not None or config.name_or_path.endswith(".json"):
+        hf_config = _config_from_dict(_llm_arch(config), trust_remote_code)
+        return AutoModelForCausalLM.from_config(hf_config, **common)
+    if not load_weights:
+        raise ValueError("building an LLM without weights needs an inline `model_config`")
+    return AutoModelForCausalLM.from_pretrained(config.name_or_path, dtype="auto", **common)
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if not tokenizer.is_fast:
+        raise ValueError(f"tokenizer at {source!r} is not a fast tokenizer (offsets are needed by mm.chat)")
+    return tokenizer
+
+
+def tokenizer_source(config: LLMConfig) -> str:
+    source = config.tokenizer or config.name_or_path
+    if source.endswith(".json"):
+        raise ValueError(f"LLM {config.name_or_path!r} is a config file: set `llm.tokenizer` to a tokenizer")
+    return source
+
+
+def add_image_token(tokenizer, llm: nn.Module, image_token: str) -> int:
+    """Add the placeholder token (and a pad token if missing); grow the embeddings only when needed."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        log.info("added %s to the tokenizer", image_token)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out; any existing token works and keeps the vocabulary unchanged.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def resolved_llm_config(config: LLMConfig, llm: nn.Module) -> LLMConfig:
+    """The LLM config with the architecture inlined, so a checkpoint rebuilds it offline."""
+    return dataclasses.replace(config, model_config=llm.config.to_dict())
+
+
+def llm_block_class(llm: nn.Module) -> type[nn.Module]:
+    """The decoder-layer class (for FSDP auto-wrap and activation checkpointing)."""
+    names = set(getattr(llm, "_no_split_modules", None) or [])
+    for module in llm.modules():
+        if type(module).__name__ in names:
+            return type(module)
+    raise ValueError(f"cannot find the decoder-layer class of {type(llm).__name__} (_no_split_modules={names})")
+
+
+def _llm_arch(config: LLMConfig) -> dict:
+    if config.model_config is not None:
+        return config.model_config
+    from mm.vision.base import read_json
+
+    if not os.path.isfile(config.name_or_path):
+        raise FileNotFoundError(f"LLM config JSON not found: {config.name_or_path}")
+    return read_json(config.name_or_path)
+
+
+def _config_from_dict(arch: dict, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    arch = dict(arch)
+    model_type = arch.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("LLM config has no `model_type`")
+    if "auto_map" in arch and not trust_remote_code:
+        raise ValueError("LLM config uses custom code (auto_map); pass trust_remote_code=True to allow it")
+    return AutoConfig.for_model(model_type, **arch)

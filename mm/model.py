@@ -1,0 +1,194 @@
+"""VisionLanguageModel: vision tower -> projector -> features written into the LLM's input embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from mm.config import VLMConfig
+from mm.llm import llm_block_class
+from mm.projectors import Projector
+from mm.vision import VisionTower
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class ImageTransformConfig:
+    """What `mm.transforms.ImageTransform` needs to prepare images for this model."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mode: str
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(
+        self, config: VLMConfig, vision_tower: VisionTower, projector: Projector, llm: nn.Module, tokenizer
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        self.tokens_per_image = projector.num_output_tokens(vision_tower.num_tokens)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def image_transform_config(self) -> ImageTransformConfig:
+        tower = self.vision_tower
+        return ImageTransformConfig(
+            tower.image_size, tuple(tower.image_mean), tuple(tower.image_std), self.config.image_transform
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def llm_block_class(self) -> type[nn.Module]:
+        return llm_block_class(self.llm)
+
+    def set_trainable(self, *, vision: bool | None = None, projector: bool | None = None, llm: bool | None = None):
+        """Freeze/unfreeze parts; None leaves a part as it is."""
+        for flag, part in ((vision, self.vision_tower), (projector, self.projector), (llm, self.llm)):
+            if flag is not None:
+                part.requires_grad_(flag)
+        return self
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.vision_tower.is_trainable:
+            self.vision_tower.gradient_checkpointing_enable()
+
+    # ----------------------------------------------------------------- embedding
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(N, 3, S, S)` -> `(N, tokens_per_image, llm hidden)`."""
+        return self.projector(self.vision_tower(pixel_values))
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with each image's projected features written over its placeholders."""
+        image_mask = input_ids == self.image_token_id
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        self.check_placeholders(image_mask, num_images)
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+        if num_images == 0:
+            return embeds
+        features = self.encode_images(pixel_values).to(embeds.dtype)
+        # masked_scatter fills positions in row-major order: images go to samples in placeholder order.
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), features)
+
+    def check_placeholders(self, image_mask: torch.Tensor, num_images: int) -> None:
+        """Raise a ValueError naming the sample whose placeholders do not match the images."""
+        per_image = self.tokens_per_image
+        counts = image_mask.sum(dim=1)
+        run_lengths, run_samples = _placeholder_runs(image_mask)
+        bad_runs = (run_lengths % per_image) != 0
+        if bad_runs.any():
+            i = int(run_samples[bad_runs][0])
+            length = int(run_lengths[bad_runs][0])
+            raise ValueError(
+                f"sample {i} has a run of {length} consecutive image placeholders; each image needs "
+                f"exactly {per_image} (tokens_per_image)"
+            )
+        images_needed = torch.cumsum(counts // per_image, dim=0)
+        total = int(images_needed[-1]) if len(images_needed) else 0
+        if total == num_images:
+            return
+        if total > num_images:
+            i = int(torch.nonzero(images_needed > num_images)[0])
+            raise ValueError(
+                f"sample {i} has placeholders for {int(counts[i]) // per_image} image(s) but only "
+                f"{num_images} image(s) were given for the whole batch (samples 0..{i} need {int(images_needed[i])})"
+            )
+        raise ValueError(
+            f"{num_images} image(s) were given but the batch has placeholders for only {total}: "
+            f"the extra image(s) have no placeholders after sample {len(counts) - 1}"
+        )
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> CausalLMOutputWithPast:
+        """Logits, and the token cross-entropy when `labels` (aligned with `input_ids`) are given.
+
+        `attention_mask` (2-D, or 4-D for packed rows) and `position_ids` go to the LLM unchanged. The loss is
+        summed over labelled tokens and divided by `num_items_in_batch` when given, else by their count.
+        """
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        out = self.llm(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        loss = None
+        if labels is not None:
+            labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
+            loss = causal_lm_loss(out.logits, labels, num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits)
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.LongTensor:
+        """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS)."""
+        from mm.generation import generate
+
+        return generate(
+            self, input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, use_cache=use_cache,
+            generator=generator,
+        )
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_pretrained(self, directory) -> None:
+        from mm.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy; labels are aligned with the inputs and shifted here."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if num_items_in_batch is None:
+        # No labelled token gives 0, not NaN: a fully-masked batch contributes nothing.
+        denominator = (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+    else:
+        denominator = torch.as_tensor(num_items_in_batch, device=total.device)
+    return total / denominator
+
+
+def _placeholder_runs(image_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lengths of the runs of consecutive placeholders and the sample each run is in."""
+    padded = F.pad(image_mask, (1, 1), value=False)
+    starts = padded[:, 1:-1] & ~padded[:, :-2]
+    ends = padded[:, 1:-1] & ~padded[:, 2:]
+    position = torch.arange(image_mask.shape[1], device=image_mask.device).expand_as(image_mask)
+    lengths = position[ends] - position[starts] + 1
+    samples = torch.nonzero(starts)[:, 0]
+    return lengths, samples

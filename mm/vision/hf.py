@@ -1,0 +1,102 @@
+"""transformers CLIP and SigLIP vision towers (local directory, hub id, config JSON or inline config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from mm.config import VisionTowerConfig
+from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower, read_json
+
+
+class HFVisionTower(VisionTower):
+    """A transformers `*VisionModel`; features are `hidden_states[select_layer]`."""
+
+    model_class_name: str
+    config_class_name: str
+    default_mean: list[float]
+    default_std: list[float]
+
+    def __init__(self, config: VisionTowerConfig, *, load_weights: bool = True) -> None:
+        super().__init__()
+        import transformers
+
+        self.config = config
+        model_class = getattr(transformers, self.model_class_name)
+        config_class = getattr(transformers, self.config_class_name)
+        source = _hf_source(config, load_weights)
+        if source == "weights":
+            self.model = model_class.from_pretrained(config.name_or_path)
+        else:
+            arch = config.model_config if source == "inline" else read_json(config.name_or_path)
+            self.model = model_class(config_class.from_dict(_vision_part(arch)))
+        hf_config = self.model.config
+        self.hidden_size = hf_config.hidden_size
+        self.image_size = hf_config.image_size
+        self.patch_size = hf_config.patch_size
+        self.num_layers = hf_config.num_hidden_layers
+        # transformers 5 flattened `vision_model` away; 4.x still nests the encoder under it.
+        encoder = getattr(self.model, "vision_model", self.model).encoder
+        self.block_class = type(encoder.layers[0])
+        self._check_select_layer()
+        mean, std = _preprocessor_normalisation(config.name_or_path)
+        self._resolve_normalisation(mean or self.default_mean, std or self.default_std)
+
+    def hidden_states_at(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        outputs = self.model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        return outputs.hidden_states[layer]
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def resolved_config(self) -> VisionTowerConfig:
+        arch = self.model.config.to_dict()
+        return dataclasses.replace(
+            self.config, model_config=arch, image_mean=self.image_mean, image_std=self.image_std
+        )
+
+
+class HFCLIPVisionTower(HFVisionTower):
+    model_class_name = "CLIPVisionModel"
+    config_class_name = "CLIPVisionConfig"
+    num_prefix_tokens = 1  # CLS
+    default_mean = OPENAI_CLIP_MEAN
+    default_std = OPENAI_CLIP_STD
+
+
+class HFSiglipVisionTower(HFVisionTower):
+    model_class_name = "SiglipVisionModel"
+    config_class_name = "SiglipVisionConfig"
+    num_prefix_tokens = 0  # SigLIP has no CLS token
+    default_mean = [0.5, 0.5, 0.5]
+    default_std = [0.5, 0.5, 0.5]
+
+
+def _hf_source(config: VisionTowerConfig, load_weights: bool) -> str:
+    """'inline' (config dict), 'json' (config file, random init) or 'weights' (from_pretrained)."""
+    if config.model_config is not None:
+        return "inline"
+    if not load_weights:
+        raise ValueError("building a tower without weights needs an inline `model_config`")
+    if config.name_or_path.endswith(".json"):
+        if not os.path.isfile(config.name_or_path):
+            raise FileNotFoundError(f"vision config JSON not found: {config.name_or_path}")
+        return "json"
+    return "weights"
+
+
+def _vision_part(arch: dict) -> dict:
+    """Accept a full CLIP/SigLIP config (text + vision) as well as a vision-only one."""
+    return arch["vision_config"] if "vision_config" in arch else arch
+
+
+def _preprocessor_normalisation(name_or_path: str) -> tuple[list[float] | None, list[float] | None]:
+    path = Path(name_or_path) / "preprocessor_config.json"
+    if not path.is_file():
+        return None, None
+    processor = read_json(path)
+    return processor.get("image_mean"), processor.get("image_std")
+
