@@ -23,6 +23,7 @@ import json
 import sys
 import tarfile
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from mm.data.stream import Piece, read_pieces  # noqa: E402
 from mm.transforms import ImageTransform, expand_to_square  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -60,8 +62,10 @@ def photo_like_jpeg(rng: np.random.Generator, width: int, height: int, quality: 
     return buffer.getvalue()
 
 
-def write_dataset(root: Path, num_images: int, seed: int = 0) -> tuple[list[Path], Path, int]:
-    """The same images twice: as shards and as loose files + a LLaVA JSON index. Returns (shards, index, bytes)."""
+def write_dataset(root: Path, num_images: int, seed: int = 0) -> tuple[list[Piece], Path, int]:
+    """The same images twice: as shards and as loose files + a LLaVA JSON index.
+
+    Returns (one piece per whole shard, the index path, total JPEG bytes)."""
     rng = np.random.default_rng(seed)
     image_dir, shard_dir = root / "images", root / "shards"
     image_dir.mkdir(parents=True)
@@ -69,8 +73,9 @@ def write_dataset(root: Path, num_images: int, seed: int = 0) -> tuple[list[Path
     index, shards, total_bytes = [], [], 0
     for start in range(0, num_images, SAMPLES_PER_SHARD):
         shard = shard_dir / f"shard-{len(shards):05d}.tar"
+        stop = min(start + SAMPLES_PER_SHARD, num_images)
         with tarfile.open(shard, "w") as tar:
-            for number in range(start, min(start + SAMPLES_PER_SHARD, num_images)):
+            for number in range(start, stop):
                 width, height = COCO_SHAPES[number % len(COCO_SHAPES)]
                 data = photo_like_jpeg(rng, width, height)
                 total_bytes += len(data)
@@ -82,7 +87,7 @@ def write_dataset(root: Path, num_images: int, seed: int = 0) -> tuple[list[Path
                           "image_sizes": [[width, height]], "meta": {}}
                 _add_member(tar, f"{key}.json", json.dumps(record).encode())
                 _add_member(tar, f"{key}.img0.jpg", data)
-        shards.append(shard)
+        shards.append(Piece(str(shard), 0, stop - start))
     index_path = root / "index.json"
     index_path.write_text(json.dumps(index))
     return shards, index_path, total_bytes
@@ -94,13 +99,11 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def ours_batches(shards: list[Path], transform: ImageTransform, batch_size: int, device: str):
-    """Shards -> normalised batches on ``device``: our path."""
-    import webdataset as wds
-
-    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
+def ours_batches(shards: list[Piece], transform: ImageTransform, batch_size: int, device: str):
+    """Shards -> normalised batches on ``device``: our path (the training stream's shard reader)."""
+    skipped: Counter = Counter()
     pending: list[torch.Tensor] = []
-    for sample in dataset:
+    for sample in read_pieces(shards, skipped):
         record = json.loads(sample["json"])
         pending.extend(transform.load(sample[suffix]) for suffix in record["images"])
         if len(pending) >= batch_size:
@@ -108,6 +111,8 @@ def ours_batches(shards: list[Path], transform: ImageTransform, batch_size: int,
             pending = []
     if pending:
         yield transform.normalize(torch.stack(pending).to(device, non_blocking=True))
+    if skipped:
+        raise RuntimeError(f"shard reader skipped samples of freshly written shards: {dict(skipped)}")
 
 
 def reference_batches(index_path: Path, processor, batch_size: int, device: str):
