@@ -1,0 +1,80 @@
+"""Atomic writes and Markdown rendering of metrics and comparisons."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1.0 and value != 0.0 else f"{value:.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metrics_markdown(task: str, metrics: dict) -> str:
+    """Scalars in one table; each breakdown in its own table (a dict of dicts becomes columns)."""
+    scalars = [[key, value] for key, value in metrics.items() if not isinstance(value, dict)]
+    parts = [f"# {task}", "", _table(["metric", "value"], scalars)]
+    for key, value in metrics.items():
+        if not isinstance(value, dict) or not value:
+            continue
+        parts += ["", f"## {key}", ""]
+        if all(isinstance(v, dict) for v in value.values()):
+            columns = list(dict.fromkeys(c for v in value.values() for c in v if not isinstance(v[c], dict)))
+            rows = [[name] + [v.get(c) for c in columns] for name, v in value.items()]
+            parts.append(_table([key] + columns, rows))
+        else:
+            parts.append(_table([key, "value"], [[k, v] for k, v in value.items()]))
+    return "\n".join(parts) + "\n"
+
+
+def compare_markdown(runs: list[tuple[str, dict[str, dict]]]) -> str:
+    """One table: a row per run, a column per task headline (and counts of missing answers)."""
+    tasks = list(dict.fromkeys(task for _, by_task in runs for task in by_task))
+    header = ["run"] + [f"{task}" for task in tasks]
+    rows = []
+    for name, by_task in runs:
+        row = [name]
+        for task in tasks:
+            metrics = by_task.get(task)
+            if metrics is None:
+                row.append(None)
+                continue
+            cell = _cell(metrics.get("overall"))
+            if metrics.get("missing"):
+                cell += f" ({metrics['missing']} missing)"
+            row.append(cell)
+        rows.append(row)
+    return _table(header, rows) + "\n"

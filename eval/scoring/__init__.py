@@ -1,0 +1,1 @@
+"""Scorers equal to the reference implementations, one module per benchmark family."""

@@ -1,0 +1,100 @@
+"""What a task is: a reader of a benchmark's released files and a scorer of its predictions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+ImageSource = Union[Path, bytes]
+
+
+class TaskDataError(ValueError):
+    """A benchmark file is missing or not in the expected format."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to answer: `prompt` is the text after the image placeholders; `truth` is what the
+    scorer needs (never shown to the model)."""
+
+    question_id: int | str
+    prompt: str
+    images: tuple[ImageSource, ...]
+    truth: Any = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark: its data options, how to read its questions and how to score answers."""
+
+    name: str
+    summary: str
+    options_type: type
+    read: Callable[[Any], list[Question]]
+    # score(options, questions, answers aligned with questions, None = missing) -> metrics
+    score: Callable[[Any, Sequence[Question], Sequence[str | None]], dict]
+    # maps a prediction record to its question id (other codebases may split ids across fields)
+    prediction_id: Callable[[dict], Any] = field(default=lambda record: record["question_id"])
+
+
+def option(help: str, default: Any = MISSING, file_option: bool = False) -> Any:
+    """A task data option: a dataclass field whose help becomes the CLI help."""
+    return field(default=default, metadata={"help": help, "file": file_option})
+
+
+def file_options(options: Any) -> dict[str, str]:
+    """The options that name data files or folders, for the run record."""
+    return {f.name: str(getattr(options, f.name)) for f in fields(options)
+            if f.metadata.get("file") and getattr(options, f.name) not in (None, "")}
+
+
+def require_path(path: str | Path, option_name: str, *, directory: bool = False) -> Path:
+    """The path, or a clear error naming the file and the option that gave it."""
+    path = Path(path)
+    ok = path.is_dir() if directory else path.is_file()
+    if not ok:
+        kind = "folder" if directory else "file"
+        raise TaskDataError(f"{kind} not found: {path} (given by --{option_name.replace('_', '-')})")
+    return path
+
+
+def load_json(path: str | Path, option_name: str) -> Any:
+    """Parse a JSON file, naming the file and option on failure."""
+    path = require_path(path, option_name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise TaskDataError(f"{path} (--{option_name.replace('_', '-')}) is not valid JSON: {error}") from None
+
+
+def load_json_lines(path: str | Path, option_name: str) -> list[dict]:
+    """Parse a JSON-lines file (blank lines skipped), naming file, option and line on failure."""
+    path = require_path(path, option_name)
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TaskDataError(f"{path}:{number} (--{option_name.replace('_', '-')}): bad JSON: {error}") from None
+    return records
+
+
+def field_of(record: dict, key: str, where: str) -> Any:
+    """record[key], or a clear error saying which record in which file lacks it."""
+    try:
+        return record[key]
+    except (KeyError, TypeError):
+        raise TaskDataError(f"{where}: missing field {key!r}") from None
+
+
+def format_options(letters: Sequence[str], texts: Sequence[str]) -> str:
+    """LLaVA-1.5's option block: "A. first\\nB. second"."""
+    return "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts))

@@ -1,0 +1,105 @@
+"""Multiple-choice tasks: ScienceQA-IMG, SEED-Bench (image) and the synthetic `synth_mc` split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.scoring.choice import SCIENCEQA_LETTERS, ChoiceItem, scienceqa_metrics, seed_metrics
+from eval.tasks.base import LETTER_ANSWER, Question, TaskDataError, field_of, format_options, load_json, option
+from eval.tasks.vqa import format_image_name
+
+SEED_LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass
+class ScienceQAOptions:
+    """Data options of ScienceQA-IMG."""
+
+    problems: str = option("ScienceQA problems.json", file_option=True)
+    pid_splits: str = option("ScienceQA pid_splits.json", file_option=True)
+    image_root: str = option("folder holding {pid}/image.png of the split (e.g. ScienceQA/images/test)", "", file_option=True)
+    split: str = option("split of pid_splits.json to evaluate", "test")
+
+
+def _scienceqa_prompt(problem: dict, where: str) -> str:
+    choices = field_of(problem, "choices", where)
+    if not 2 <= len(choices) <= len(SCIENCEQA_LETTERS):
+        raise TaskDataError(f"{where}: {len(choices)} choices (expected 2 to {len(SCIENCEQA_LETTERS)})")
+    context = (problem.get("hint") or "").strip()
+    head = f"Context: {context}\n" if context else ""
+    return f"{head}{field_of(problem, 'question', where)}\n{format_options(SCIENCEQA_LETTERS, choices)}\n{LETTER_ANSWER}"
+
+
+def read_scienceqa(options: ScienceQAOptions) -> list[Question]:
+    """The split's problems that have an image (the IMG subset LLaVA reports)."""
+    problems = load_json(options.problems, "problems")
+    splits = load_json(options.pid_splits, "pid_splits")
+    if options.split not in splits:
+        raise TaskDataError(f"--split {options.split!r} not in {options.pid_splits}; valid: {', '.join(sorted(splits))}")
+    out = []
+    for pid in splits[options.split]:
+        where = f"{options.problems} problem {pid}"
+        problem = field_of(problems, pid, options.problems)
+        if not problem.get("image"):
+            continue
+        answer = SCIENCEQA_LETTERS[field_of(problem, "answer", where)]
+        truth = ChoiceItem(answer, None, len(problem["choices"]), problem.get("subject", ""))
+        image = Path(options.image_root) / pid / problem["image"]
+        out.append(Question(pid, _scienceqa_prompt(problem, where), (image,), truth))
+    return out
+
+
+def score_scienceqa(options, questions, answers) -> dict:
+    items = [ChoiceItem(q.truth.answer, a, q.truth.num_choices, q.truth.group) for q, a in zip(questions, answers)]
+    return scienceqa_metrics(items)
+
+
+@dataclass
+class SEEDOptions:
+    """Data options of SEED-Bench (image questions)."""
+
+    questions: str = option("SEED-Bench.json", file_option=True)
+    image_root: str = option("folder with the SEED-Bench images (SEED-Bench-image)", "", file_option=True)
+    image_pattern: str = option("image file name, formatted with data_id", "{data_id}")
+
+
+def read_seed_layout(path: str, image_root: str, image_pattern: str, option_name: str = "questions") -> list[Question]:
+    """Image questions of a SEED-Bench-layout JSON; per-type breakdown uses its `question_type` names."""
+    data = load_json(path, option_name)
+    type_names = {number: name for name, number in data.get("question_type", {}).items()}
+    out = []
+    for record in field_of(data, "questions", path):
+        where = f"{path} question {record.get('question_id')}"
+        if field_of(record, "data_type", where) != "image":
+            continue
+        choices = [field_of(record, f"choice_{letter.lower()}", where) for letter in SEED_LETTERS]
+        answer = field_of(record, "answer", where)
+        if answer not in SEED_LETTERS:
+            raise TaskDataError(f"{where}: answer must be one of {SEED_LETTERS}, got {answer!r}")
+        qtype = record.get("question_type_id")
+        truth = ChoiceItem(answer, None, 4, type_names.get(qtype, str(qtype)))
+        image = Path(image_root) / format_image_name(image_pattern, data_id=field_of(record, "data_id", where))
+        prompt = f"{field_of(record, 'question', where)}\n{format_options(SEED_LETTERS, choices)}\n{LETTER_ANSWER}"
+        out.append(Question(field_of(record, "question_id", where), prompt, (image,), truth))
+    return out
+
+
+def read_seed(options: SEEDOptions) -> list[Question]:
+    return read_seed_layout(options.questions, options.image_root, options.image_pattern)
+
+
+def score_seed(options, questions, answers) -> dict:
+    return seed_metrics([ChoiceItem(q.truth.answer, a, 4, q.truth.group) for q, a in zip(questions, answers)])
+
+
+@dataclass
+class SynthMCOptions:
+    """Data options of `synth_mc`."""
+
+    data: str = option("output folder of `mm-prep synth` (uses eval/mc/seed.json and eval/images/)", file_option=True)
+
+
+def read_synth_mc(options: SynthMCOptions) -> list[Question]:
+    root = Path(options.data) / "eval"
+    return read_seed_layout(str(root / "mc" / "seed.json"), str(root / "images"), "{data_id}", option_name="data")

@@ -1,0 +1,40 @@
+"""GQA testdev-balanced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.scoring.gqa import GQAItem, gqa_metrics
+from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, field_of, load_json, option
+from eval.tasks.vqa import format_image_name
+
+
+@dataclass
+class GQAOptions:
+    """Data options of GQA."""
+
+    questions: str = option("testdev_balanced_questions.json", file_option=True)
+    image_root: str = option("folder with the GQA images", "", file_option=True)
+    image_pattern: str = option("image file name, formatted with imageId", "{imageId}.jpg")
+
+
+def read_gqa(options: GQAOptions) -> list[Question]:
+    """The balanced questions (the official script scores only those)."""
+    questions = load_json(options.questions, "questions")
+    if not isinstance(questions, dict):
+        raise TaskDataError(f"{options.questions} (--questions): expected a JSON object keyed by question id")
+    out = []
+    for qid, record in questions.items():
+        if not record.get("isBalanced", True):
+            continue
+        where = f"{options.questions} question {qid}"
+        types = field_of(record, "types", where)
+        truth = GQAItem(field_of(record, "answer", where), None, types.get("structural", ""), types.get("semantic", ""))
+        image = Path(options.image_root) / format_image_name(options.image_pattern, imageId=field_of(record, "imageId", where))
+        out.append(Question(qid, f"{field_of(record, 'question', where)}\n{SHORT_ANSWER}", (image,), truth))
+    return out
+
+
+def score_gqa(options, questions, answers) -> dict:
+    return gqa_metrics([GQAItem(q.truth.answer, a, q.truth.structural, q.truth.semantic) for q, a in zip(questions, answers)])
