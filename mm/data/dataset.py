@@ -107,7 +107,12 @@ class ShardStreamDataset(IterableDataset):
         return info.id if info is not None else 0
 
     def __iter__(self) -> Iterator[dict]:
-        worker = self._worker()
+        # The DataLoader takes batches round-robin starting at worker 0. After skipping k batches the next
+        # one is due from logical worker k % W, so physical worker p plays logical worker (p + k) % W, and
+        # has (p + k) // W of that worker's batches already consumed.
+        physical = self._worker()
+        worker = (physical + self.skip_batches) % self.num_workers
+        replay = (physical + self.skip_batches) // self.num_workers
         consumer = self.rank * self.num_workers + worker
         settings = self.settings
         pieces = plan_epoch(self.sources, self.epoch, settings.seed, settings.shuffle)
@@ -117,7 +122,6 @@ class ShardStreamDataset(IterableDataset):
         raw = read_pieces(slice_pieces(pieces, begin, end), skipped)
         raw = shuffle_buffer(raw, settings.shuffle_buffer if settings.shuffle else 0, rng)
         groups = length_grouped(self._decoded(raw, skipped), settings.batch_size, settings.group_batches, rng)
-        replay = max(0, math.ceil((self.skip_batches - worker) / self.num_workers))
         yield from self._quota_batches(groups, skipped, replay, consumer)
 
     def _quota_batches(self, groups, skipped: Counter, replay: int, consumer: int) -> Iterator[dict]:
