@@ -1,0 +1,194 @@
+"""Interop with transformers' `LlavaForConditionalGeneration` (llava-hf layout), both directions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from mm.config import LLMConfig, ProjectorConfig, VisionTowerConfig, VLMConfig
+
+log = logging.getLogger(__name__)
+
+# transformers vision model_type -> our tower kind, and back
+_TOWER_KINDS = {"clip_vision_model": "hf_clip", "siglip_vision_model": "hf_siglip"}
+_PREFIXES = {  # llava-hf module prefix -> ours
+    "model.vision_tower.": "vision_tower.model.",
+    "model.multi_modal_projector.": "projector.",
+}
+
+
+class LlavaIncompatible(ValueError):
+    """The requested conversion cannot be expressed exactly; the message says why."""
+
+
+# ----------------------------------------------------------------------------- llava-hf -> mm
+def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    from mm.builder import build_vlm
+
+    directory = Path(directory)
+    llava_config = LlavaConfig.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    config = vlm_config_from_llava(llava_config, tokenizer, directory)
+    llava = LlavaForConditionalGeneration.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    state = _llava_to_ours(llava.state_dict(), _llm_prefix(model.llm))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not _is_tied(model.llm, k)]
+    if missing or unexpected:
+        raise ValueError(f"{directory}: weights do not map onto the model: missing {missing}, unexpected {unexpected}")
+    model.llm.tie_weights()
+    return model
+
+
+def vlm_config_from_llava(llava_config, tokenizer, directory: Path) -> VLMConfig:
+    vision = llava_config.vision_config
+    kind = _TOWER_KINDS.get(vision.model_type)
+    if kind is None:
+        raise LlavaIncompatible(
+            f"llava vision tower {vision.model_type!r} is not supported; supported: {sorted(_TOWER_KINDS)}"
+        )
+    layer = llava_config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise LlavaIncompatible(f"vision_feature_layer={layer} (several layers concatenated) is not supported")
+    if llava_config.projector_hidden_act != "gelu":
+        raise LlavaIncompatible(f"projector_hidden_act={llava_config.projector_hidden_act!r}; only 'gelu' is supported")
+    strategy = llava_config.vision_feature_select_strategy
+    if kind == "hf_siglip" and strategy == "default":
+        raise LlavaIncompatible("SigLIP with vision_feature_select_strategy='default' drops a real patch token")
+    mean, std = _processor_normalisation(directory)
+    image_token = tokenizer.convert_ids_to_tokens(llava_config.image_token_id)
+    return VLMConfig(
+        vision=VisionTowerConfig(
+            kind=kind, name_or_path=str(directory), model_config=vision.to_dict(), select_layer=layer,
+            keep_prefix_tokens=strategy == "full" and kind == "hf_clip", image_mean=mean, image_std=std,
+        ),
+        projector=ProjectorConfig(kind="mlp2x_gelu", bias=llava_config.multimodal_projector_bias),
+        llm=LLMConfig(name_or_path=str(directory), model_config=llava_config.text_config.to_dict(),
+                      tokenizer=str(directory)),
+        image_token=image_token,
+        # llava-1.5 checkpoints are Vicuna prompts; a tokenizer's own Jinja template wins when it has one.
+        chat_template="chat_template" if tokenizer.chat_template else "vicuna_v1",
+    )
+
+
+def _llava_to_ours(state: dict[str, torch.Tensor], llm_prefix: str) -> dict[str, torch.Tensor]:
+    prefixes = {**_PREFIXES, "model.language_model.": f"llm.{llm_prefix}.", "lm_head.": "llm.lm_head."}
+    return {_rename(key, prefixes): value for key, value in state.items()}
+
+
+def _rename(key: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    raise ValueError(f"unexpected weight {key!r}")
+
+
+# ----------------------------------------------------------------------------- mm -> llava-hf
+def check_exportable(model) -> None:
+    """Raise LlavaIncompatible (saying why) when Llava cannot express the model exactly."""
+    kind = model.config.vision.kind
+    if kind not in _TOWER_KINDS.values():
+        raise LlavaIncompatible(
+            f"the vision tower is {kind!r}; transformers' Llava builds its tower with AutoModel, so only "
+            f"transformers CLIP/SigLIP towers ({sorted(_TOWER_KINDS.values())}) can be exported"
+        )
+    projector = model.config.projector.kind
+    if projector != "mlp2x_gelu":
+        raise LlavaIncompatible(
+            f"the projector is {projector!r}; Llava's projector is Linear -> GELU -> Linear (our 'mlp2x_gelu') "
+            "and has no equivalent for others"
+        )
+
+
+def llava_config_for(model):
+    from transformers import LlavaConfig
+
+    check_exportable(model)
+    tower = model.vision_tower
+    # 'default' drops exactly one leading token (CLIP's CLS); SigLIP has none, so it needs 'full'.
+    drops_cls = tower.num_prefix_tokens == 1 and not model.config.vision.keep_prefix_tokens
+    return LlavaConfig(
+        vision_config=tower.model.config.to_dict(),
+        text_config=model.llm.config.to_dict(),
+        image_token_id=model.image_token_id,
+        image_seq_length=model.tokens_per_image,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default" if drops_cls else "full",
+        vision_feature_layer=model.config.vision.select_layer,
+        multimodal_projector_bias=model.config.projector.bias,
+        tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
+    )
+
+
+def export_llava_hf(model, out_dir: str | Path) -> None:
+    """Write a `LlavaForConditionalGeneration` directory (config, weights, tokenizer, processor)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from mm.checkpoint import atomic_directory
+
+    llava_config = llava_config_for(model)
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(llava_config)
+    state = _ours_to_llava(model.state_dict(), _llm_prefix(model.llm))
+    missing, unexpected = llava.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if k != "lm_head.weight" or not llava_config.tie_word_embeddings]
+    if missing or unexpected:
+        raise ValueError(f"weights do not map onto Llava: missing {missing}, unexpected {unexpected}")
+    with atomic_directory(out_dir) as tmp:
+        llava.save_pretrained(str(tmp))
+        model.tokenizer.save_pretrained(str(tmp))
+        _processor_for(model, llava_config).save_pretrained(str(tmp))
+
+
+def _ours_to_llava(state: dict[str, torch.Tensor], llm_prefix: str) -> dict[str, torch.Tensor]:
+    prefixes = {new: old for old, new in _PREFIXES.items()}
+    prefixes.update({f"llm.{llm_prefix}.": "model.language_model.", "llm.lm_head.": "lm_head."})
+    return {_rename(key, prefixes): value for key, value in state.items()}
+
+
+def _processor_for(model, llava_config):
+    from transformers import CLIPImageProcessor, LlavaProcessor, SiglipImageProcessor
+
+    image = model.image_transform_config
+    if model.config.vision.kind == "hf_clip":
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": image.image_size}, crop_size={"height": image.image_size, "width": image.image_size},
+            image_mean=list(image.mean), image_std=list(image.std),
+        )
+    else:
+        image_processor = SiglipImageProcessor(
+            size={"height": image.image_size, "width": image.image_size},
+            image_mean=list(image.mean), image_std=list(image.std),
+        )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=model.tokenizer, patch_size=model.vision_tower.patch_size,
+        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+        image_token=model.config.image_token, num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
+    )
+
+
+# ----------------------------------------------------------------------------- shared
+def _llm_prefix(llm) -> str:
+    """Attribute of the `*ForCausalLM` holding the base model (`model` for Llama, Qwen2, Mistral, ...)."""
+    return llm.base_model_prefix
+
+
+def _is_tied(llm, key: str) -> bool:
+    return key == "llm.lm_head.weight" and bool(getattr(llm.config, "tie_word_embeddings", False))
+
+
+def _processor_normalisation(directory: Path) -> tuple[list[float] | None, list[float] | None]:
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get("image_processor", data)
+            if "image_mean" in data:
+                return data["image_mean"], data.get("image_std")
+    return None, None
