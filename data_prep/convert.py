@@ -1,0 +1,278 @@
+"""The one conversion path every `mm-prep` command uses: samples -> shuffled, planned, resumable shards.
+
+1. image files are stat'ed (missing ones rejected; sizes feed `--max-shard-bytes`);
+2. samples are shuffled with the seed and cut into shards; the plan depends only on the input and
+   the options, so a rerun recomputes the same shards and skips those already complete;
+3. shards are written by `--workers` processes (one shard per task);
+4. `rejected.jsonl`, `sizes.json` and `manifest.json` are rewritten atomically from the plan's
+   rejections and the shards' saved results, so they never hold duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.atomic import write_json_atomic, write_jsonl_atomic
+from data_prep.images import CHECK_MODES
+from data_prep.records import MISSING_IMAGE, Rejection, Sample
+from data_prep.shards import PROGRESS_DIR, TAR_BLOCK, ShardResult, ShardTask, load_completed, write_shard
+
+FORMAT = "mm-shards/1"
+PLAN_FILE = "plan.json"
+
+
+class OutputDirError(RuntimeError):
+    """The output directory holds a different conversion."""
+
+
+@dataclass
+class ConvertOptions:
+    """How samples become shards (shared by the llava, vqa and synth commands)."""
+
+    out_dir: str
+    """Directory for shards, manifest.json, sizes.json and rejected.jsonl."""
+    seed: int = 0
+    """Seed of the shuffle before writing."""
+    samples_per_shard: int = 1000
+    """Most samples in one shard."""
+    max_shard_bytes: int = 1_000_000_000
+    """Most bytes in one shard (estimated from file sizes; a larger single sample gets its own shard)."""
+    workers: int = 1
+    """Processes writing shards, one shard per task."""
+    max_image_side: int | None = None
+    """Re-encode images whose longer side exceeds this; others are copied verbatim."""
+    check: str = "fast"
+    """Image check: 'fast' (headers + integrity markers) or 'full' (decode every image)."""
+    overwrite: bool = False
+    """Delete a different earlier conversion in out_dir instead of refusing."""
+    progress: bool = True
+    """Show a progress bar."""
+    command: list[str] | None = None
+    """The command line recorded in the manifest (default: sys.argv)."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1 or self.max_shard_bytes < 1 or self.workers < 1:
+            raise ValueError("samples_per_shard, max_shard_bytes and workers must be >= 1")
+        if self.max_image_side is not None and self.max_image_side < 1:
+            raise ValueError("max_image_side must be >= 1")
+        if self.check not in CHECK_MODES:
+            raise ValueError(f"unknown check mode {self.check!r}; valid: {', '.join(CHECK_MODES)}")
+
+
+def _stat_images(samples: list[Sample]) -> tuple[list[Sample], list[Rejection], dict[int, int]]:
+    """Reject samples with a missing image file; return the rest and each sample's image bytes."""
+    kept, rejected, image_bytes = [], [], {}
+    for sample in samples:
+        total = 0
+        try:
+            for ref in sample.images:
+                if ref.data is not None:
+                    total += len(ref.data)
+                    continue
+                stat = os.stat(ref.path)
+                if not os.path.isfile(ref.path):
+                    raise FileNotFoundError(f"{ref.name!r} is not a regular file")
+                total += stat.st_size
+        except OSError as error:
+            rejected += sample.reject(MISSING_IMAGE, f"image {ref.name!r}: {error.strerror or error}")
+            continue
+        kept.append(sample)
+        image_bytes[sample.index] = total
+    return kept, rejected, image_bytes
+
+
+def _estimated_bytes(sample: Sample, image_bytes: int) -> int:
+    json_bytes = len(json.dumps(sample.conversations, ensure_ascii=False)) + len(json.dumps(sample.meta)) + 256
+    members = 1 + len(sample.images)
+    return image_bytes + json_bytes + members * 2 * TAR_BLOCK  # header + padding per member
+
+
+def plan_shards(samples: list[Sample], image_bytes: dict[int, int], options: ConvertOptions) -> list[list[Sample]]:
+    """Shuffle with the seed and cut into shards by sample count and estimated bytes."""
+    order = list(samples)
+    random.Random(options.seed).shuffle(order)
+    shards: list[list[Sample]] = []
+    current, current_bytes = [], 0
+    for sample in order:
+        size = _estimated_bytes(sample, image_bytes[sample.index])
+        if current and (len(current) == options.samples_per_shard or current_bytes + size > options.max_shard_bytes):
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(sample)
+        current_bytes += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _fingerprint(samples: list[Sample], image_bytes: dict[int, int], options: ConvertOptions) -> str:
+    digest = hashlib.sha256(json.dumps([FORMAT, options.check, options.max_image_side]).encode())
+    for sample in samples:
+        images = [[ref.name, hashlib.sha256(ref.data).hexdigest() if ref.data is not None else ref.path] for ref in sample.images]
+        entry = [sample.key, sample.index, sample.id, sample.source, sample.conversations, sample.meta, images, image_bytes[sample.index]]
+        digest.update(json.dumps(entry, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _is_ours(path: Path) -> bool:
+    name = path.name
+    return (name.startswith("shard-") and (name.endswith(".tar") or name.endswith(".tar.tmp"))) or name in (
+        "manifest.json", "sizes.json", "rejected.jsonl", PROGRESS_DIR,
+    )  # fmt: skip
+
+
+def _prepare_out_dir(out_dir: Path, plan_fingerprint: str, overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, clear) an output directory holding a different conversion."""
+    plan_path = out_dir / PROGRESS_DIR / PLAN_FILE
+    try:
+        saved = json.loads(plan_path.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        saved = None
+    ours = sorted(p for p in out_dir.iterdir() if _is_ours(p)) if out_dir.exists() else []
+    if saved != plan_fingerprint and ours:
+        if not overwrite:
+            raise OutputDirError(
+                f"{out_dir} holds shards from a different conversion (other input or options); "
+                "use another --out or pass --overwrite to replace them"
+            )
+        for path in ours:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    write_json_atomic(plan_path, {"fingerprint": plan_fingerprint})
+
+
+def _run_tasks(tasks: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
+    if workers == 1 or len(tasks) <= 1:
+        return [write_shard(task, bar.update) for task in tasks]
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    queue = context.Queue()
+    with context.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
+        pending = [pool.apply_async(_worker_write_shard, (task,)) for task in tasks]
+        while not all(result.ready() for result in pending):
+            _drain(queue, bar, timeout=0.1)
+        results = [result.get() for result in pending]  # re-raises a worker's exception
+        _drain(queue, bar, timeout=0)
+    return results
+
+
+_progress_queue = None
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _worker_write_shard(task: ShardTask) -> ShardResult:
+    return write_shard(task, _progress_queue.put)
+
+
+def _drain(queue, bar: tqdm, timeout: float) -> None:
+    import queue as queue_module
+
+    try:
+        bar.update(queue.get(timeout=timeout) if timeout else queue.get_nowait())
+        while True:
+            bar.update(queue.get_nowait())
+    except queue_module.Empty:
+        pass
+
+
+@dataclass
+class ConvertResult:
+    """What `convert` wrote, as recorded in manifest.json."""
+
+    manifest: dict
+    shards_written: int
+    shards_skipped: int
+    seconds: float
+    rejected: list[dict] = field(default_factory=list)
+
+
+def convert(samples: list[Sample], rejections: list[Rejection], options: ConvertOptions, *,
+            num_input_records: int, source: str, input_info: dict[str, Any] | None = None) -> ConvertResult:  # fmt: skip
+    """Write `samples` as shards in `options.out_dir`; `rejections` are the converter's own."""
+    start = time.perf_counter()
+    out_dir = Path(options.out_dir)
+    samples, missing, image_bytes = _stat_images(samples)
+    shards = plan_shards(samples, image_bytes, options)
+    names = [f"shard-{i:06d}.tar" for i in range(len(shards))]
+    fingerprints = [_fingerprint(shard, image_bytes, options) for shard in shards]
+    plan_fingerprint = hashlib.sha256(json.dumps([names, fingerprints]).encode()).hexdigest()
+    _prepare_out_dir(out_dir, plan_fingerprint, options.overwrite)
+    tasks = [ShardTask(str(out_dir), name, shard, fp, options.check, options.max_image_side)
+             for name, shard, fp in zip(names, shards, fingerprints)]  # fmt: skip
+    done = {task.name: load_completed(task) for task in tasks}
+    todo = [task for task in tasks if done[task.name] is None]
+    skipped_samples = sum(len(task.samples) for task in tasks if done[task.name] is not None)
+    with tqdm(total=len(samples), initial=skipped_samples, unit="sample", desc="writing shards",
+              disable=not options.progress, dynamic_ncols=True) as bar:  # fmt: skip
+        for result in _run_tasks(todo, options.workers, bar):
+            done[result.name] = result
+    for stale in out_dir.glob("shard-*.tar.tmp"):
+        stale.unlink()
+    results = [done[name] for name in names]
+    rejected = sorted([r.to_json() for r in (*rejections, *missing)] + [r for res in results for r in res.rejected],
+                      key=lambda row: row["index"])  # fmt: skip
+    manifest = _manifest(results, rejected, options, num_input_records, source, input_info or {})
+    write_jsonl_atomic(out_dir / "rejected.jsonl", rejected)
+    write_json_atomic(out_dir / "sizes.json", {r.name: r.num_samples for r in results})
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return ConvertResult(manifest, len(todo), len(tasks) - len(todo), time.perf_counter() - start, rejected)
+
+
+def _manifest(results: list[ShardResult], rejected: list[dict], options: ConvertOptions,
+              num_input_records: int, source: str, input_info: dict) -> dict:  # fmt: skip
+    from mm import __version__
+
+    shards = [{k: v for k, v in asdict(r).items() if k not in ("rejected", "fingerprint")} for r in results]
+    written = sum(r.num_records for r in results)
+    if written + len(rejected) != num_input_records:  # the accounting promise: nothing lost silently
+        raise AssertionError(f"{num_input_records} records in, {written} written + {len(rejected)} rejected")
+    return {
+        "format": FORMAT,
+        "mm_version": __version__,
+        "command": list(options.command if options.command is not None else sys.argv),
+        "source": source,
+        "input": input_info,
+        "options": {k: getattr(options, k) for k in ("seed", "samples_per_shard", "max_shard_bytes", "max_image_side", "check")},
+        "num_input_records": num_input_records,
+        "num_records_written": written,
+        "num_samples": sum(r.num_samples for r in results),
+        "num_images": sum(r.num_images for r in results),
+        "num_bytes": sum(r.num_bytes for r in results),
+        "num_shards": len(results),
+        "num_rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(Counter(row["reason"] for row in rejected).items())),
+        "shards": shards,
+    }
+
+
+def format_summary(result: ConvertResult) -> str:
+    """Human-readable end-of-run summary."""
+    m = result.manifest
+    rate = m["num_samples"] / result.seconds if result.seconds else 0.0
+    lines = [
+        f"{m['num_input_records']} input records: {m['num_records_written']} written as {m['num_samples']} samples "
+        f"({m['num_images']} images, "
+        f"{m['num_bytes'] / 1e6:.1f} MB in {m['num_shards']} shards), {m['num_rejected']} rejected",
+        f"shards written {result.shards_written}, already complete {result.shards_skipped}; "
+        f"{result.seconds:.1f} s ({rate:.0f} samples/s)",
+    ]
+    lines += [f"  rejected {reason}: {count}" for reason, count in m["rejected_by_reason"].items()]
+    if m["num_rejected"]:
+        lines.append("  (details in rejected.jsonl)")
+    return "\n".join(lines)

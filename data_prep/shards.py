@@ -1,0 +1,155 @@
+"""Writing one webdataset shard: a deterministic tar, written as `*.tar.tmp` and renamed when complete.
+
+Each shard is one task (one process with `--workers N`). Images are read and checked here, so an
+undecodable image rejects its sample inside the task; the shard's result (counts, bytes, checksum,
+rejections) is saved under `.progress/` before the rename, so a rerun can skip the shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from data_prep.atomic import write_json_atomic
+from data_prep.images import CheckedImage, ImageError, check_image, downscale
+from data_prep.records import MISSING_IMAGE, UNDECODABLE_IMAGE, ImageRef, RecordError, Sample
+
+PROGRESS_DIR = ".progress"
+TAR_BLOCK = 512
+
+
+@dataclass
+class ShardTask:
+    """Everything one worker needs to write one shard."""
+
+    out_dir: str
+    name: str
+    samples: list[Sample]
+    fingerprint: str
+    """Hash of the shard's planned content and options; a saved result is reused only if it matches."""
+    check: str = "fast"
+    max_image_side: int | None = None
+
+
+@dataclass
+class ShardResult:
+    """What a written shard holds (saved in `.progress/{name}.json`)."""
+
+    name: str
+    fingerprint: str
+    num_samples: int
+    num_records: int
+    num_images: int
+    num_bytes: int
+    sha256: str
+    rejected: list[dict] = field(default_factory=list)
+
+
+class _HashingWriter:
+    """File wrapper that counts and hashes everything tarfile writes."""
+
+    def __init__(self, file):
+        self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: same input, same bytes
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def load_image(ref: ImageRef, check: str, max_image_side: int | None) -> CheckedImage:
+    """Read and check one image; downscale it if asked. Raises `RecordError` with the reason."""
+    try:
+        data = ref.data if ref.data is not None else Path(ref.path).read_bytes()
+    except FileNotFoundError:
+        raise RecordError(MISSING_IMAGE, f"image file {ref.name!r} not found") from None
+    except OSError as error:
+        raise RecordError(UNDECODABLE_IMAGE, f"image {ref.name!r} unreadable: {error}") from None
+    try:
+        checked = check_image(data, check)
+        return downscale(checked, max_image_side) if max_image_side else checked
+    except ImageError as error:
+        raise RecordError(UNDECODABLE_IMAGE, f"image {ref.name!r}: {error}") from None
+
+
+def sample_members(sample: Sample, images: list[CheckedImage]) -> list[tuple[str, bytes]]:
+    """The tar members of one sample: `{key}.json` then `{key}.img{i}.{ext}` in placeholder order."""
+    suffixes = [f"img{i}.{image.extension}" for i, image in enumerate(images)]
+    meta = dict(sample.meta)
+    resized = [{"image": i, "from": list(im.resized_from)} for i, im in enumerate(images) if im.resized_from]
+    if resized:
+        meta["resized"] = resized
+    record = {
+        "id": sample.id,
+        "source": sample.source,
+        "conversations": sample.conversations,
+        "images": suffixes,
+        "image_sizes": [[image.width, image.height] for image in images],
+        "meta": meta,
+    }
+    members = [(f"{sample.key}.json", json.dumps(record, ensure_ascii=False).encode("utf-8"))]
+    members += [(f"{sample.key}.{suffix}", image.data) for suffix, image in zip(suffixes, images)]
+    return members
+
+
+def progress_path(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / PROGRESS_DIR / f"{name}.json"
+
+
+def write_shard(task: ShardTask, report: Callable[[int], None] = lambda n: None) -> ShardResult:
+    """Write the shard; `report(n)` is called as samples are done (for the progress bar)."""
+    final = Path(task.out_dir) / task.name
+    tmp = final.with_name(final.name + ".tmp")
+    rejected, num_samples, num_records, num_images, pending = [], 0, 0, 0, 0
+    with open(tmp, "wb") as file:
+        writer = _HashingWriter(file)
+        with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for sample in task.samples:
+                try:
+                    images = [load_image(ref, task.check, task.max_image_side) for ref in sample.images]
+                except RecordError as error:
+                    rejected += [r.to_json() for r in sample.reject(error.reason, error.detail)]
+                else:
+                    for name, data in sample_members(sample, images):
+                        _add_member(tar, name, data)
+                    num_samples, num_images = num_samples + 1, num_images + len(images)
+                    num_records += len(sample.input_records())
+                pending += 1
+                if pending == 32:
+                    report(pending)
+                    pending = 0
+        file.flush()
+        os.fsync(file.fileno())
+    report(pending)
+    result = ShardResult(task.name, task.fingerprint, num_samples, num_records, num_images, writer.size, writer.sha256.hexdigest(), rejected)
+    write_json_atomic(progress_path(task.out_dir, task.name), asdict(result))  # before the rename: a
+    os.replace(tmp, final)  # visible shard always has its saved result
+    return result
+
+
+def load_completed(task: ShardTask) -> ShardResult | None:
+    """The saved result of a complete shard matching `task`, or None if it must be (re)written."""
+    final = Path(task.out_dir) / task.name
+    try:
+        saved = ShardResult(**json.loads(progress_path(task.out_dir, task.name).read_text()))
+        size = final.stat().st_size
+    except (OSError, ValueError, TypeError):
+        return None
+    return saved if saved.fingerprint == task.fingerprint and saved.num_bytes == size else None

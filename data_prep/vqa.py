@@ -1,0 +1,138 @@
+"""Academic VQA in the official VQAv2 layout -> instruction samples.
+
+The target is the most frequent human answer (answers compared after stripping surrounding
+whitespace and lower-casing); a tie goes to the tied answer given first in the annotation's
+`answers` list. With `group_by_image`, all questions about one image become one multi-turn sample
+(questions in question_id order, `<image>` in the first turn only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from data_prep.records import (
+    DUPLICATE_ID, EMPTY_MESSAGE, MALFORMED_RECORD, NO_ANSWER, IMAGE_TOKEN, IdRegistry, ImageRef, RecordError, Rejection, Sample, check_conversation,
+)  # fmt: skip
+
+SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
+DEFAULT_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
+
+
+def most_frequent_answer(answers: list[dict]) -> tuple[str, dict[str, int]]:
+    """The most frequent answer and all counts; ties go to the answer listed first."""
+    texts = [a["answer"].strip().lower() for a in answers if isinstance(a, dict) and isinstance(a.get("answer"), str)]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise RecordError(NO_ANSWER, "annotation has no non-empty answers")
+    counts = Counter(texts)
+    best = max(counts.values())
+    return next(t for t in texts if counts[t] == best), dict(counts)
+
+
+def load_prompt_pool(path: str | Path) -> list[str]:
+    """Prompt suffixes, one per line (blank lines ignored), or a JSON list of strings."""
+    text = Path(path).read_text(encoding="utf-8")
+    pool = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines()]
+    pool = [p for p in pool if isinstance(p, str) and p.strip()]
+    if not pool:
+        raise ValueError(f"{path}: the prompt pool is empty")
+    return pool
+
+
+def _load_json(path: str | Path, key: str) -> tuple[dict, list]:
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise ValueError(f"{path}: expected an object with a '{key}' list (official VQAv2 layout)")
+    return data, data[key]
+
+
+def _question_turn(question: dict, suffix: str, first: bool) -> dict:
+    text = f"{question['question'].strip()}\n{suffix}" if suffix else question["question"].strip()
+    return {"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if first else text}
+
+
+def _image_ref(image_id: int, pattern: str, image_root: str, data_subtype: str | None) -> ImageRef:
+    try:
+        name = pattern.format(image_id=image_id, data_subtype=data_subtype)
+    except (KeyError, ValueError, IndexError) as error:
+        raise ValueError(f"--image-pattern {pattern!r} cannot be formatted: {error}") from None
+    if "{data_subtype}" in pattern and data_subtype is None:
+        raise ValueError("the questions file has no 'data_subtype'; pass --image-pattern without {data_subtype}")
+    return ImageRef(name=name, path=os.path.join(image_root, name))
+
+
+def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_root: str | Path, *, source: str = "vqav2",
+             image_pattern: str = DEFAULT_IMAGE_PATTERN, prompt_pool: list[str] | None = None,
+             group_by_image: bool = False, seed: int = 0) -> tuple[list[Sample], list[Rejection], int]:  # fmt: skip
+    """Questions + annotations -> (samples, rejections, number of input questions)."""
+    questions_file, questions = _load_json(questions_path, "questions")
+    _, annotations = _load_json(annotations_path, "annotations")
+    data_subtype = questions_file.get("data_subtype")
+    by_question = {a.get("question_id"): a for a in annotations if isinstance(a, dict)}
+    pool = prompt_pool if prompt_pool is not None else [SHORT_ANSWER_SUFFIX]
+    rejections, valid, seen = [], [], set()
+    for index, question in enumerate(questions):
+        try:
+            valid.append(_parse_question(question, index, by_question, seen))
+        except RecordError as bad:
+            qid = question.get("question_id") if isinstance(question, dict) else None
+            rejections.append(Rejection(index, qid, bad.reason, bad.detail, question))
+    groups = _group(valid, group_by_image)
+    samples, registry = [], IdRegistry()
+    for group in groups:
+        first = group[0]
+        suffixes = [random.Random(f"{seed}:{item['question']['question_id']}").choice(pool) for item in group]
+        conversations = []
+        for position, (item, suffix) in enumerate(zip(group, suffixes)):
+            conversations += [_question_turn(item["question"], suffix, position == 0), {"from": "gpt", "value": item["answer"]}]
+        image = _image_ref(first["question"]["image_id"], image_pattern, str(image_root), data_subtype)
+        sample_id = f"image-{first['question']['image_id']}" if group_by_image else first["question"]["question_id"]
+        meta = {
+            "index": first["index"],
+            "image_id": first["question"]["image_id"],
+            "image_paths": [image.name],
+            "question_ids": [item["question"]["question_id"] for item in group],
+            "answer_counts": [item["counts"] for item in group],
+        }
+        covers = [(item["index"], item["question"]["question_id"]) for item in group]
+        sample = Sample(first["index"], sample_id, source, conversations, [image], meta, covers=covers)
+        try:
+            check_conversation(conversations, 1)
+            sample.key = registry.claim(sample_id)
+        except RecordError as bad:
+            rejections += sample.reject(bad.reason, bad.detail)
+            continue
+        samples.append(sample)
+    return samples, rejections, len(questions)
+
+
+def _parse_question(question: Any, index: int, by_question: dict, seen: set[int]) -> dict:
+    if not isinstance(question, dict) or not isinstance(question.get("question"), str):
+        raise RecordError(MALFORMED_RECORD, "question is not an object with a 'question' string")
+    if not isinstance(question.get("question_id"), int) or not isinstance(question.get("image_id"), int):
+        raise RecordError(MALFORMED_RECORD, "question needs integer 'question_id' and 'image_id'")
+    if not question["question"].strip():
+        raise RecordError(EMPTY_MESSAGE, f"question {question['question_id']} is empty")
+    if question["question_id"] in seen:
+        raise RecordError(DUPLICATE_ID, f"question_id {question['question_id']} appeared earlier")
+    seen.add(question["question_id"])
+    annotation = by_question.get(question["question_id"])
+    if annotation is None:
+        raise RecordError(NO_ANSWER, f"no annotation for question_id {question['question_id']}")
+    answer, counts = most_frequent_answer(annotation.get("answers") or [])
+    return {"index": index, "question": question, "answer": answer, "counts": counts}
+
+
+def _group(items: list[dict], group_by_image: bool) -> list[list[dict]]:
+    if not group_by_image:
+        return [[item] for item in items]
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for item in items:
+        groups[item["question"]["image_id"]].append(item)
+    return [sorted(group, key=lambda item: item["question"]["question_id"]) for group in groups.values()]
