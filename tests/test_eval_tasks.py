@@ -1,0 +1,141 @@
+"""Each task reads hand-written fixtures in its benchmark's official format; golden metrics by hand."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from eval.predictions import read_predictions
+from eval.scoring.evaluate import score_predictions
+from eval.tasks import TASKS, TaskDataError, get_task
+
+FIX = Path(__file__).parent / "fixtures" / "eval"
+
+
+def _score(name, options, folder=None):
+    task = get_task(name)
+    questions = task.read(options)
+    predictions = read_predictions(FIX / (folder or name) / "predictions.jsonl")
+    return questions, score_predictions(task, options, questions, predictions)
+
+
+def _options(name, **kwargs):
+    return get_task(name).options_type(**kwargs)
+
+
+def test_registry_is_exact_and_lists_valid_names():
+    assert {"vqav2", "okvqa", "vizwiz", "textvqa", "gqa", "pope", "mme", "scienceqa_img", "mmbench", "seed",
+            "synth_vqa", "synth_pope", "synth_mc"} == set(TASKS)
+    with pytest.raises(KeyError, match="valid tasks: .*gqa.*vqav2"):
+        get_task("VQAv2")
+
+
+def test_vqav2():
+    opts = _options("vqav2", questions=str(FIX / "vqav2/questions.json"), annotations=str(FIX / "vqav2/annotations.json"),
+                    image_root="/img")
+    questions, m = _score("vqav2", opts)
+    assert questions[0].images == (Path("/img/COCO_val2014_000000000042.jpg"),)
+    assert questions[0].prompt == "How many dogs are there?\nAnswer the question using a single word or phrase."
+    # "Two" -> 0.9; "T-shirt" vs ten raw "t-shirt" -> 0; question 70 missing -> 0.  0.9 / 3 = 30%
+    assert m["overall"] == 30.0
+    assert m["per_answer_type"] == {"number": 90.0, "other": 0.0, "yes/no": 0.0}
+    assert (m["num_questions"], m["answered"], m["missing"], m["unknown_ids"]) == (3, 2, 1, 1)
+
+
+def test_vizwiz_leaves_ground_truth_raw():
+    questions, m = _score("vizwiz", _options("vizwiz", annotations=str(FIX / "vizwiz/val.json")))
+    assert "respond with 'Unanswerable'" in questions[0].prompt
+    # "shirt": one GT "shirt" -> 0.3; "Unanswerable" -> "unanswerable", 9 matches -> 1.0
+    assert m["overall"] == 65.0
+    assert m["per_answer_type"] == {"other": 30.0, "unanswerable": 100.0}
+
+
+def test_textvqa_and_its_ocr_prompt_variant():
+    base = dict(annotations=str(FIX / "textvqa/TextVQA_0.5.1_val.json"))
+    questions, m = _score("textvqa", _options("textvqa", **base))
+    assert m["overall"] == 80.0 and m["ocr_tokens_in_prompt"] is False
+    assert "Reference OCR token" not in questions[0].prompt
+    ocr = _options("textvqa", **base, ocr_tokens=str(FIX / "textvqa/TextVQA_Rosetta_OCR_v0.2_val.json"))
+    questions, m = _score("textvqa", ocr)
+    assert questions[0].prompt == ("what brand is this?\nReference OCR token: Coca, Cola, classic\n"
+                                   "Answer the question using a single word or phrase.")
+    assert "Reference OCR token" not in questions[1].prompt  # no tokens for that image
+    assert m["ocr_tokens_in_prompt"] is True
+
+
+def test_gqa_balanced_only():
+    questions, m = _score("gqa", _options("gqa", questions=str(FIX / "gqa/testdev_balanced_questions.json")))
+    assert [q.question_id for q in questions] == ["20968379", "20968380"]
+    assert (m["overall"], m["binary"], m["open"]) == (50.0, 100.0, 0.0)
+    assert m["unknown_ids"] == 1  # the prediction for the unbalanced question
+
+
+def test_pope_per_split():
+    questions, m = _score("pope", _options("pope", annotation_dir=str(FIX / "pope")))
+    assert len(questions) == 6 and questions[0].question_id == "adversarial/1"
+    s = m["splits"]
+    assert s["adversarial"]["f1"] == 1.0 and s["adversarial"]["accuracy"] == 1.0
+    assert s["popular"]["precision"] == 0.5 and s["popular"]["recall"] == 1.0 and s["popular"]["yes_ratio"] == 1.0
+    assert s["popular"]["f1"] == pytest.approx(2 / 3)
+    assert s["random"]["fn"] == 1 and s["random"]["f1"] == 0.0 and s["random"]["missing"] == 1
+    assert m["overall"] == 55.56  # mean F1 (1 + 2/3 + 0) / 3
+    assert m["missing"] == 1
+
+
+def test_pope_rejects_unknown_split():
+    with pytest.raises(TaskDataError, match="valid: adversarial, popular, random"):
+        get_task("pope").read(_options("pope", annotation_dir=str(FIX / "pope"), splits="random,hard"))
+
+
+def test_mme_both_layouts():
+    questions, m = _score("mme", _options("mme", mme_root=str(FIX / "mme")))
+    assert len(questions) == 8
+    sub = m["subtasks"]
+    assert (sub["existence"]["acc"], sub["existence"]["acc_plus"]) == (75.0, 50.0)
+    assert (sub["artwork"]["acc"], sub["artwork"]["acc_plus"]) == (50.0, 0.0)
+    assert sub["code_reasoning"]["score"] == 200.0
+    assert (m["overall"], m["perception"], m["cognition"]) == (175.0, 175.0, 200.0)
+
+
+def test_scienceqa_image_subset():
+    opts = _options("scienceqa_img", problems=str(FIX / "scienceqa/problems.json"),
+                    pid_splits=str(FIX / "scienceqa/pid_splits.json"), image_root="/sqa/test")
+    questions, m = _score("scienceqa_img", opts, "scienceqa")
+    assert [q.question_id for q in questions] == ["1", "3"]
+    assert questions[0].images == (Path("/sqa/test/1/image.png"),)
+    assert questions[1].prompt == ("Context: Moles live underground.\nWhich animal's feet are adapted for digging?\n"
+                                   "A. mole\nB. hermit crab\nAnswer with the option's letter from the given choices directly.")
+    assert m["overall"] == 50.0 and m["failed_to_parse"] == 1 and m["unknown_ids"] == 1
+
+
+def test_seed_image_questions():
+    questions, m = _score("seed", _options("seed", questions=str(FIX / "seed/SEED-Bench.json"), image_root="/seed"))
+    assert [q.question_id for q in questions] == ["101669", "101670"]
+    assert questions[0].images == (Path("/seed/1454426_2591111986.jpg"),)
+    assert m["overall"] == 50.0
+    assert m["per_question_type"] == {"Instance Counting": 100.0, "Scene Understanding": 0.0}
+
+
+def test_mmbench_rotations_and_circular_score():
+    questions, m = _score("mmbench", _options("mmbench", tsv=str(FIX / "mmbench/mmbench_dev.tsv")))
+    assert [q.question_id for q in questions] == [0, 1_000_000, 2_000_000, 1, 1_000_001]
+    assert questions[1].prompt.startswith("What color is the square?\nA. blue\nB. green\nC. red\n")
+    assert questions[1].truth.answer == "C"
+    assert questions[3].prompt.startswith("Look carefully.\nWhich shape is shown?\nA. circle\nB. square\n")
+    assert questions[0].images[0].startswith(b"\x89PNG")
+    assert (m["overall"], m["single_pass"]) == (50.0, 100.0)
+    assert m["per_category"] == {"attribute_recognition": 100.0, "object_localization": 0.0}
+
+
+def test_missing_file_names_file_and_option(tmp_path):
+    opts = _options("vqav2", questions=str(tmp_path / "nope.json"), annotations=str(FIX / "vqav2/annotations.json"))
+    with pytest.raises(TaskDataError, match=r"nope.json \(given by --questions\)"):
+        get_task("vqav2").read(opts)
+
+
+def test_question_without_annotation_is_an_error(tmp_path):
+    bad = tmp_path / "a.json"
+    bad.write_text('{"annotations": []}')
+    opts = _options("vqav2", questions=str(FIX / "vqav2/questions.json"), annotations=str(bad))
+    with pytest.raises(TaskDataError, match="has no annotation"):
+        get_task("vqav2").read(opts)
