@@ -1,0 +1,171 @@
+"""`mm-prep`: llava | vqa | synth | inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from data_prep.convert import ConvertOptions, ConvertResult, OutputDirError, convert, format_summary
+from data_prep.images import CHECK_MODES
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def _add_shard_options(parser: argparse.ArgumentParser, samples_per_shard: int = 1000) -> None:
+    group = parser.add_argument_group("shards")
+    group.add_argument("--out", required=True, help="output directory")
+    group.add_argument("--seed", type=int, default=0, help="seed of the shuffle (and of generation for synth)")
+    group.add_argument("--samples-per-shard", type=int, default=samples_per_shard, help="most samples per shard")
+    group.add_argument("--max-shard-bytes", type=int, default=1_000_000_000, help="most bytes per shard (estimated)")
+    group.add_argument("--workers", type=int, default=_default_workers(), help="processes writing shards (one shard each)")
+    group.add_argument("--max-image-side", type=int, default=None,
+                       help="re-encode images whose longer side exceeds this (default: copy bytes verbatim)")
+    group.add_argument("--check", choices=CHECK_MODES, default="fast",
+                       help="image check: fast (headers + integrity markers) or full (decode every image)")
+    group.add_argument("--overwrite", action="store_true", help="replace a different earlier conversion in --out")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _convert_options(args: argparse.Namespace, out_dir: str | None = None) -> ConvertOptions:
+    return ConvertOptions(
+        out_dir=out_dir or args.out, seed=args.seed, samples_per_shard=args.samples_per_shard,
+        max_shard_bytes=args.max_shard_bytes, workers=args.workers, max_image_side=args.max_image_side,
+        check=args.check, overwrite=args.overwrite, progress=not args.no_progress, command=args.command_line,
+    )  # fmt: skip
+
+
+def _report(result: ConvertResult, label: str = "") -> None:
+    print((f"[{label}] " if label else "") + format_summary(result))
+
+
+def cmd_llava(args: argparse.Namespace) -> None:
+    from data_prep.llava import load_llava
+
+    source = args.source or Path(args.annotations).stem
+    samples, rejections, total = load_llava(args.annotations, args.image_root, source)
+    info = {"annotations": str(args.annotations), "image_root": str(args.image_root)}
+    _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=source, input_info=info))
+
+
+def cmd_vqa(args: argparse.Namespace) -> None:
+    from data_prep.vqa import SHORT_ANSWER_SUFFIX, load_prompt_pool, load_vqa
+
+    pool = load_prompt_pool(args.prompt_pool) if args.prompt_pool else [args.prompt_suffix]
+    samples, rejections, total = load_vqa(
+        args.questions, args.annotations, args.image_root, source=args.source, image_pattern=args.image_pattern,
+        prompt_pool=pool, group_by_image=args.group_by_image, seed=args.seed,
+    )  # fmt: skip
+    info = {"questions": str(args.questions), "annotations": str(args.annotations), "image_root": str(args.image_root),
+            "prompt_pool": pool, "group_by_image": args.group_by_image, "default_suffix": SHORT_ANSWER_SUFFIX}  # fmt: skip
+    _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=args.source, input_info=info))
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from data_prep.atomic import write_json_atomic
+    from data_prep.synth.eval_splits import write_eval
+    from data_prep.synth.generate import SynthConfig, write_train
+    from data_prep.synth.world import WorldConfig
+
+    world = WorldConfig(
+        image_size=args.image_size, grid=args.grid, shapes=tuple(args.shapes.split(",")),
+        colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
+    )  # fmt: skip
+    config = SynthConfig(num_train=args.num_train, num_eval=args.num_eval, seed=args.seed, world=world,
+                         min_turns=args.min_turns, max_turns=args.max_turns)  # fmt: skip
+    for split, result in write_train(config, _convert_options(args)).items():
+        _report(result, split)
+    counts = write_eval(config, args.out)
+    write_json_atomic(Path(args.out) / "synth.json", {"config": dataclasses.asdict(config), "command": args.command_line, "eval": counts})
+    print("[eval] " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from data_prep.inspect_shards import dump_contact_sheet, format_report, inspect_directory
+
+    if not Path(args.directory).is_dir():
+        raise FileNotFoundError(f"{args.directory} is not a directory")
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
+    report = inspect_directory(args.directory, tokenizer)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.dump:
+        out = args.dump_out or str(Path(args.directory) / "contact_sheet.html")
+        written = dump_contact_sheet(args.directory, args.dump, out)
+        print(f"contact sheet with {written} samples: {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mm-prep", description="Datasets -> validated webdataset shards.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    llava = commands.add_parser("llava", help="LLaVA JSON/JSONL annotations + image folder -> shards")
+    llava.add_argument("--annotations", required=True, help="LLaVA .json (list) or .jsonl file")
+    llava.add_argument("--image-root", default=".", help="folder the records' image paths are relative to")
+    llava.add_argument("--source", default=None, help="dataset name stored with each sample (default: file stem)")
+    _add_shard_options(llava)
+    llava.set_defaults(run=cmd_llava)
+
+    vqa = commands.add_parser("vqa", help="VQAv2-layout questions + annotations -> instruction shards")
+    vqa.add_argument("--questions", required=True)
+    vqa.add_argument("--annotations", required=True)
+    vqa.add_argument("--image-root", required=True)
+    vqa.add_argument("--image-pattern", default="COCO_{data_subtype}_{image_id:012d}.jpg",
+                     help="image file name; fields {image_id} and {data_subtype} (from the questions file)")
+    suffix = vqa.add_mutually_exclusive_group()
+    suffix.add_argument("--prompt-suffix", default="Answer the question using a single word or phrase.")
+    suffix.add_argument("--prompt-pool", help="file of suffixes (one per line, or a JSON list), one drawn per question")
+    vqa.add_argument("--group-by-image", action="store_true", help="one multi-turn sample per image")
+    vqa.add_argument("--source", default="vqav2")
+    _add_shard_options(vqa)
+    vqa.set_defaults(run=cmd_vqa)
+
+    synth = commands.add_parser("synth", help="generated scene-graph data: align/ and instruct/ shards, eval/ splits")
+    synth.add_argument("--num-train", type=int, default=2000, help="training scenes")
+    synth.add_argument("--num-eval", type=int, default=300, help="held-out evaluation scenes")
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--grid", type=int, default=3)
+    synth.add_argument("--shapes", default="circle,square,triangle", help="comma-separated (circle,square,triangle,diamond)")
+    synth.add_argument("--colors", default="red,green,blue,yellow,purple,cyan", help="comma-separated palette names")
+    synth.add_argument("--min-objects", type=int, default=1)
+    synth.add_argument("--max-objects", type=int, default=4)
+    synth.add_argument("--min-turns", type=int, default=2, help="fewest QA turns per instruct sample")
+    synth.add_argument("--max-turns", type=int, default=5, help="most QA turns per instruct sample")
+    _add_shard_options(synth, samples_per_shard=500)
+    synth.set_defaults(run=cmd_synth)
+
+    inspect = commands.add_parser("inspect", help="statistics of a shard directory; --dump writes a contact sheet")
+    inspect.add_argument("directory")
+    inspect.add_argument("--dump", type=int, default=0, metavar="N", help="write the first N samples as HTML")
+    inspect.add_argument("--dump-out", default=None, help="contact sheet path (default: DIR/contact_sheet.html)")
+    inspect.add_argument("--tokenizer", default=None, help="tokenizer (hub id or local dir) to add token statistics")
+    inspect.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    inspect.set_defaults(run=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.command_line = list(sys.argv) if argv is None else ["mm-prep", *argv]
+    try:
+        args.run(args)
+    except (OutputDirError, FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+        print(f"mm-prep {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""`mm-prep inspect DIR`: what a shard directory holds, and an HTML contact sheet for eyeballing."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from data_prep.atomic import write_text_atomic
+
+_MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp", "tiff": "image/tiff"}
+
+
+@dataclass
+class ShardSample:
+    """One sample read back from a shard."""
+
+    shard: str
+    key: str
+    record: dict
+    images: list[bytes] = field(default_factory=list)
+
+
+def shard_paths(directory: str | Path) -> list[Path]:
+    """The shards listed in manifest.json (only complete ones), else every `*.tar` in the directory."""
+    directory = Path(directory)
+    manifest = directory / "manifest.json"
+    if manifest.exists():
+        return [directory / shard["name"] for shard in json.loads(manifest.read_text())["shards"]]
+    return sorted(directory.glob("*.tar"))
+
+
+def iter_shard(path: Path) -> Iterator[ShardSample]:
+    """Samples of one shard, in tar order (a sample's members are contiguous, json first)."""
+    with tarfile.open(path, "r") as tar:
+        members: dict[str, bytes] = {}
+        current = None
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, suffix = member.name.partition(".")
+            if current is not None and key != current:
+                yield _assemble(path.name, current, members)
+                members = {}
+            current = key
+            members[suffix] = tar.extractfile(member).read()
+        if current is not None:
+            yield _assemble(path.name, current, members)
+
+
+def _assemble(shard: str, key: str, members: dict[str, bytes]) -> ShardSample:
+    if "json" not in members:
+        raise ValueError(f"{shard}: sample {key!r} has no .json member")
+    record = json.loads(members["json"])
+    missing = [s for s in record.get("images", []) if s not in members]
+    if missing:
+        raise ValueError(f"{shard}: sample {key!r} lacks image members {missing}")
+    return ShardSample(shard, key, record, [members[s] for s in record.get("images", [])])
+
+
+def iter_samples(directory: str | Path) -> Iterator[ShardSample]:
+    for path in shard_paths(directory):
+        yield from iter_shard(path)
+
+
+def _stats(values: list[int]) -> dict:
+    if not values:
+        return {"min": 0, "mean": 0.0, "median": 0.0, "p95": 0, "max": 0}
+    ordered = sorted(values)
+    return {"min": ordered[0], "mean": round(statistics.fmean(ordered), 2), "median": statistics.median(ordered),
+            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1]}  # fmt: skip
+
+
+def inspect_directory(directory: str | Path, tokenizer=None) -> dict:
+    """Counts, per-source breakdown, length statistics and images per sample."""
+    sources, images_per_sample, formats = Counter(), Counter(), Counter()
+    turns, characters, tokens = [], [], []
+    num_samples = 0
+    for sample in iter_samples(directory):
+        num_samples += 1
+        conversation = sample.record["conversations"]
+        sources[sample.record.get("source", "?")] += 1
+        images_per_sample[len(sample.images)] += 1
+        formats.update(s.rsplit(".", 1)[-1] for s in sample.record.get("images", []))
+        turns.append(sum(m["from"] == "gpt" for m in conversation))
+        characters.append(sum(len(m["value"]) for m in conversation))
+        if tokenizer is not None:
+            tokens.append(sum(len(tokenizer(m["value"], add_special_tokens=False)["input_ids"]) for m in conversation))
+    report = {
+        "directory": str(directory),
+        "num_shards": len(shard_paths(directory)),
+        "num_samples": num_samples,
+        "num_images": sum(n * count for n, count in images_per_sample.items()),
+        "sources": dict(sources.most_common()),
+        "images_per_sample": {str(n): images_per_sample[n] for n in sorted(images_per_sample)},
+        "image_formats": dict(formats.most_common()),
+        "turns": _stats(turns),
+        "characters": _stats(characters),
+    }
+    if tokenizer is not None:
+        report["tokens"] = _stats(tokens)
+    manifest = Path(directory) / "manifest.json"
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        report["rejected_by_reason"] = saved.get("rejected_by_reason", {})
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"{report['directory']}: {report['num_samples']} samples, {report['num_images']} images, {report['num_shards']} shards",
+        "sources: " + ", ".join(f"{name} {count}" for name, count in report["sources"].items()),
+        "images per sample: " + ", ".join(f"{n}: {c}" for n, c in report["images_per_sample"].items()),
+        "image formats: " + ", ".join(f"{n}: {c}" for n, c in report["image_formats"].items()),
+    ]
+    for name in ("turns", "characters", "tokens"):
+        if name in report:
+            lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in report[name].items()))
+    if report.get("rejected_by_reason"):
+        lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in report["rejected_by_reason"].items()))
+    return "\n".join(lines)
+
+
+def contact_sheet(samples: list[ShardSample]) -> str:
+    """An HTML page: each sample's images (inline, base64) beside its conversation."""
+    rows = []
+    for sample in samples:
+        pictures = "".join(
+            f'<img src="data:{_MIME.get(name.rsplit(".", 1)[-1], "application/octet-stream")};base64,'
+            f'{base64.b64encode(data).decode()}" title="{html.escape(name)}">'
+            for name, data in zip(sample.record.get("images", []), sample.images)
+        )  # fmt: skip
+        turns = "".join(
+            f'<p class="{html.escape(m["from"])}"><b>{html.escape(m["from"])}:</b> {html.escape(m["value"])}</p>'
+            for m in sample.record["conversations"]
+        )  # fmt: skip
+        caption = html.escape(f"{sample.shard} / {sample.key} / id {sample.record.get('id')!r} / {sample.record.get('source')}")
+        rows.append(f'<tr><td class="img">{pictures or "(text only)"}</td><td><div class="id">{caption}</div>{turns}</td></tr>')
+    style = ("body{font-family:sans-serif}td{vertical-align:top;border-bottom:1px solid #ccc;padding:6px}"
+             "td.img img{max-width:320px;image-rendering:pixelated;min-width:128px;display:block;margin-bottom:4px}"
+             "p{white-space:pre-wrap;margin:4px 0}.gpt{color:#064}.id{color:#666;font-size:small}")  # fmt: skip
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mm-prep contact sheet</title>"
+            f"<style>{style}</style></head><body><table>{''.join(rows)}</table></body></html>\n")  # fmt: skip
+
+
+def dump_contact_sheet(directory: str | Path, count: int, out: str | Path) -> int:
+    """Write the first `count` samples (shards are already shuffled) as an HTML page; returns how many."""
+    samples = []
+    for sample in iter_samples(directory):
+        if len(samples) == count:
+            break
+        samples.append(sample)
+    write_text_atomic(out, contact_sheet(samples))
+    return len(samples)

@@ -1,0 +1,126 @@
+"""`mm-prep synth`: training shards (align, instruct) through the common converter, and eval splits.
+
+Every random choice comes from a `random.Random` seeded by a string naming its purpose
+(`"{seed}:train:{i}"`, `"{seed}:eval:{i}:vqa"`, ...), so the output is a pure function of the
+seed and the config, and training and evaluation scenes come from disjoint streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.convert import ConvertOptions, ConvertResult, convert
+from data_prep.records import IMAGE_TOKEN, IdRegistry, ImageRef, Sample, check_conversation
+from data_prep.synth.programs import LETTERS, PROGRAMS, QA, ask, description
+from data_prep.synth.world import Scene, WorldConfig, render_png, sample_scene
+
+SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
+MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
+CAPTION_PROMPTS = (
+    "Describe the image briefly.",
+    "Give a short description of the picture.",
+    "What does the image show? Answer in one sentence.",
+    "Summarize the scene.",
+)
+SOURCE = "synth"
+
+
+@dataclass
+class SynthConfig:
+    """What `mm-prep synth` generates."""
+
+    num_train: int = 2000
+    """Training scenes (each gives one align and one instruct sample)."""
+    num_eval: int = 300
+    """Held-out evaluation scenes."""
+    seed: int = 0
+    """Seed of everything generated."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """What scenes may contain."""
+    min_turns: int = 2
+    """Fewest question/answer turns in an instruct sample."""
+    max_turns: int = 5
+    """Most question/answer turns in an instruct sample."""
+    eval_questions_per_image: int = 3
+    """VQA questions per evaluation image."""
+    pope_questions_per_image: int = 3
+    """POPE positives per evaluation image (as many negatives are added)."""
+
+    def __post_init__(self) -> None:
+        if self.num_train < 0 or self.num_eval < 0 or not 1 <= self.min_turns <= self.max_turns:
+            raise ValueError("num_train and num_eval must be >= 0 and 1 <= min_turns <= max_turns")
+        if not 1 <= self.eval_questions_per_image <= 99 or self.pope_questions_per_image < 1:
+            raise ValueError("eval_questions_per_image must be in 1..99 and pope_questions_per_image >= 1")
+
+
+def scene_rng(seed: int, split: str, index: int, purpose: str = "scene") -> random.Random:
+    return random.Random(f"{seed}:{split}:{index}:{purpose}")
+
+
+def format_question(qa: QA) -> str:
+    """The human turn text, with LLaVA-1.5's answer-format suffixes."""
+    if qa.choices:
+        options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, qa.choices))
+        return f"{qa.question}\n{options}\n{MULTIPLE_CHOICE_SUFFIX}"
+    if qa.program == "describe":
+        return qa.question
+    return f"{qa.question}\n{SHORT_ANSWER_SUFFIX}"
+
+
+def _train_scene(config: SynthConfig, index: int) -> tuple[Scene, bytes]:
+    scene = sample_scene(scene_rng(config.seed, "train", index), config.world)
+    return scene, render_png(scene, config.world)
+
+
+def align_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> Sample:
+    """Stage 1: one caption (the scene description) per image."""
+    rng = scene_rng(config.seed, "train", index, "align")
+    prompt = rng.choice(CAPTION_PROMPTS)
+    human = f"{IMAGE_TOKEN}\n{prompt}" if rng.random() < 0.5 else f"{prompt}\n{IMAGE_TOKEN}"
+    conversations = [{"from": "human", "value": human}, {"from": "gpt", "value": description(scene, config.world)}]
+    return _sample(config, index, "align", scene, png, conversations, programs=["describe"])
+
+
+def instruct_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> Sample:
+    """Stage 2: several question programs about one image, as a multi-turn dialogue."""
+    rng = scene_rng(config.seed, "train", index, "instruct")
+    turns, asked = [], set()
+    for _ in range(rng.randint(config.min_turns, config.max_turns)):
+        qa = ask(scene, rng, config.world, tuple(PROGRAMS), avoid=asked)
+        if qa is None:
+            break
+        asked.add(qa.question)
+        turns.append(qa)
+    conversations = []
+    for position, qa in enumerate(turns):
+        text = format_question(qa)
+        conversations += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if position == 0 else text},
+                          {"from": "gpt", "value": qa.answer}]  # fmt: skip
+    qa_meta = [dataclasses.asdict(qa) for qa in turns]
+    return _sample(config, index, "instruct", scene, png, conversations, programs=[qa.program for qa in turns], qa=qa_meta)
+
+
+def _sample(config: SynthConfig, index: int, split: str, scene: Scene, png: bytes, conversations: list[dict], **extra) -> Sample:
+    name = f"synth/train/{index:07d}.png"
+    meta = {"index": index, "scene_id": index, "image_paths": [name], "scene": scene.to_json(), **extra}
+    return Sample(index, f"synth-{split}-{index:07d}", SOURCE, conversations, [ImageRef(name=name, data=png)], meta)
+
+
+def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, ConvertResult]:
+    """`align/` and `instruct/` shard sets under `options.out_dir`, via the common converter."""
+    scenes = [_train_scene(config, i) for i in range(config.num_train)]
+    results = {}
+    for split, build in (("align", align_sample), ("instruct", instruct_sample)):
+        samples, registry = [], IdRegistry()
+        for index, (scene, png) in enumerate(scenes):
+            sample = build(config, index, scene, png)
+            check_conversation(sample.conversations, len(sample.images))  # generator bug, not bad input: raise
+            sample.key = registry.claim(sample.id)
+            samples.append(sample)
+        split_options = dataclasses.replace(options, out_dir=str(Path(options.out_dir) / split))
+        results[split] = convert(samples, [], split_options, num_input_records=len(samples), source=SOURCE,
+                                 input_info={"generator": "synth", "split": split, "seed": config.seed})  # fmt: skip
+    return results
