@@ -69,6 +69,15 @@ def llm_block_class(llm: nn.Module) -> type[nn.Module]:
     raise ValueError(f"cannot find the decoder-layer class of {type(llm).__name__} (_no_split_modules={names})")
 
 
+def enable_activation_checkpointing(hf_model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing on a transformers model (5.x name, 4.x fallback)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(hf_model, "activation_checkpointing_enable"):
+        hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _llm_arch(config: LLMConfig) -> dict:
     if config.model_config is not None:
         return config.model_config

@@ -10,7 +10,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mm.config import VLMConfig
-from mm.llm import llm_block_class
+from mm.llm import enable_activation_checkpointing, llm_block_class
 from mm.projectors import Projector
 from mm.vision import VisionTower
 
@@ -63,7 +63,7 @@ class VisionLanguageModel(nn.Module):
         return self
 
     def gradient_checkpointing_enable(self) -> None:
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(self.llm)
         if self.vision_tower.is_trainable:
             self.vision_tower.gradient_checkpointing_enable()
 

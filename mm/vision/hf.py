@@ -50,7 +50,9 @@ class HFVisionTower(VisionTower):
         return outputs.hidden_states[layer]
 
     def gradient_checkpointing_enable(self) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from mm.llm import enable_activation_checkpointing
+
+        enable_activation_checkpointing(self.model)
 
     def resolved_config(self) -> VisionTowerConfig:
         arch = self.model.config.to_dict()

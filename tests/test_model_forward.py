@@ -1,0 +1,142 @@
+"""Scatter of image features into placeholder positions, labels, loss, and pass-through of masks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers_model import prompt_ids, right_pad, text_ids, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def reference_embeds(model, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Straightforward per-sample, per-image loop (the slow path the vectorised scatter replaces)."""
+    table = model.llm.get_input_embeddings()
+    features = model.encode_images(pixel_values)
+    rows, next_image = [], 0
+    for sample in ids:
+        row = []
+        position = 0
+        while position < len(sample):
+            if sample[position] == model.image_token_id:
+                row.append(features[next_image])
+                next_image += 1
+                position += model.tokens_per_image
+            else:
+                row.append(table(sample[position : position + 1]))
+                position += 1
+        rows.append(torch.cat(row))
+    assert next_image == len(pixel_values)
+    return torch.stack(rows)
+
+
+def mixed_batch(model):
+    """Sample 0: two images, sample 1: text only, sample 2: one image (images in placeholder order)."""
+    hello, what = text_ids(model, "USER: hello"), text_ids(model, " What color is the circle?")
+    rows = [
+        prompt_ids(model, hello, 1, what) + [model.image_token_id] * model.tokens_per_image + what,
+        prompt_ids(model, hello + what, 0, what),
+        prompt_ids(model, hello, 1, what),
+    ]
+    ids, mask = right_pad(rows, model.tokenizer.pad_token_id)
+    torch.manual_seed(1)
+    return ids, mask, torch.randn(3, 3, 64, 64)
+
+
+def test_scatter_matches_per_sample_loop_with_0_1_2_images(model):
+    ids, _, pixel_values = mixed_batch(model)
+    with torch.no_grad():
+        fast = model.embed_inputs(ids, pixel_values)
+        slow = reference_embeds(model, ids, pixel_values)
+    assert fast.shape == slow.shape
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    # the images really differ, so a wrong order would be caught
+    assert not torch.allclose(fast[0, 4 : 4 + model.tokens_per_image], fast[2, 4 : 4 + model.tokens_per_image])
+
+
+def test_labels_are_ignored_at_image_positions(model):
+    ids, mask, pixel_values = mixed_batch(model)
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        out = model(ids, pixel_values, attention_mask=mask, labels=labels)
+        expected_labels = labels.masked_fill(ids == model.image_token_id, -100)
+        logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+        expected = F.cross_entropy(logits, expected_labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    # placeholders would dominate the loss if they were counted: the two must differ
+    with_images = F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert abs(with_images.item() - out.loss.item()) > 1e-3
+
+
+def test_num_items_in_batch_divides_the_summed_loss(model):
+    ids, mask, pixel_values = mixed_batch(model)
+    labels = ids.masked_fill((mask == 0) | (ids == model.image_token_id), -100)
+    with torch.no_grad():
+        mean_loss = model(ids, pixel_values, attention_mask=mask, labels=labels).loss
+        summed = model(ids, pixel_values, attention_mask=mask, labels=labels, num_items_in_batch=1).loss
+        scaled = model(ids, pixel_values, attention_mask=mask, labels=labels, num_items_in_batch=torch.tensor(7)).loss
+    count = (labels[:, 1:] != -100).sum()
+    torch.testing.assert_close(summed, mean_loss * count)
+    torch.testing.assert_close(scaled, mean_loss * count / 7)
+
+
+def test_packed_row_with_4d_mask_and_position_ids_equals_separate_samples(model):
+    """attention_mask (4-D) and position_ids reach the LLM unchanged, so packing isolates samples."""
+    first = prompt_ids(model, text_ids(model, "USER: hi"), 1, text_ids(model, " red"))
+    second = prompt_ids(model, text_ids(model, "USER: What shape?"), 0, text_ids(model, " star"))
+    torch.manual_seed(2)
+    pixel_values = torch.randn(1, 3, 64, 64)
+    packed = torch.tensor([first + second])
+    n1, n = len(first), len(first) + len(second)
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    allowed[:n1, :n1] = torch.ones(n1, n1).tril().bool()
+    allowed[n1:, n1:] = torch.ones(n - n1, n - n1).tril().bool()
+    mask4d = torch.zeros(1, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    positions = torch.tensor([list(range(n1)) + list(range(n - n1))])
+    with torch.no_grad():
+        packed_logits = model(packed, pixel_values, attention_mask=mask4d, position_ids=positions).logits
+        alone_1 = model(torch.tensor([first]), pixel_values).logits
+        alone_2 = model(torch.tensor([second])).logits
+    torch.testing.assert_close(packed_logits[:, :n1], alone_1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_logits[:, n1:], alone_2, atol=1e-5, rtol=1e-5)
+
+
+def test_text_only_batch_needs_no_pixel_values(model):
+    ids = torch.tensor([prompt_ids(model, text_ids(model, "USER: How many?"), 0, [])])
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+    assert out.logits.shape == (1, ids.shape[1], model.llm.config.vocab_size)
+    assert torch.isfinite(out.loss)
+
+
+def test_too_few_images_names_the_sample(model):
+    ids, _, pixel_values = mixed_batch(model)  # needs 3 images
+    with pytest.raises(ValueError, match=r"sample 2 has placeholders for 1 image\(s\) but only 2"):
+        model(ids, pixel_values[:2])
+
+
+def test_too_many_images_is_an_error(model):
+    ids, _, pixel_values = mixed_batch(model)
+    with pytest.raises(ValueError, match=r"4 image\(s\) were given but the batch has placeholders for only 3"):
+        model(ids, torch.cat([pixel_values, pixel_values[:1]]))
+
+
+def test_wrong_placeholder_run_names_the_sample(model):
+    rows = [
+        prompt_ids(model, text_ids(model, "USER: hi"), 1, []),
+        [model.tokenizer.bos_token_id] + [model.image_token_id] * (model.tokens_per_image - 1) + [10],
+    ]
+    ids, _ = right_pad(rows, model.tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match=rf"sample 1 has a run of {model.tokens_per_image - 1} consecutive"):
+        model(ids, torch.zeros(2, 3, 64, 64))
+
+
+def test_image_transform_config_describes_the_tower(model):
+    cfg = model.image_transform_config
+    assert (cfg.image_size, cfg.mode) == (64, "pad")
+    assert cfg.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert cfg.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+    assert model.tokens_per_image == 64  # 8x8 patches, CLS dropped
