@@ -41,11 +41,12 @@ def read_predictions(path: str | Path) -> list[dict]:
     return records
 
 
-def recover_partial(path: str | Path) -> set[str]:
+def recover_partial(path: str | Path, *, truncate: bool = True) -> set[str]:
     """Ids already answered in `path`, after cutting a torn (unterminated or unparsable) tail.
 
-    A crash can leave the last line half written; it is truncated so its question is asked again.
-    Only the tail may be torn: a bad line followed by good ones means the file is not ours to fix.
+    A crash can leave the last line half written; it is truncated so its question is asked again
+    (`truncate=False` only reads, for files another process owns). Only the tail may be torn: a bad
+    line followed by good ones means the file is not ours to fix.
     """
     path = Path(path)
     if not path.exists():
@@ -69,7 +70,7 @@ def recover_partial(path: str | Path) -> set[str]:
         done.add(id_key(record["question_id"]))
         good_end = end
         position = end
-    if good_end < len(data):
+    if good_end < len(data) and truncate:
         log.warning("%s: dropping a torn last line (%d bytes); its question is asked again", path, len(data) - good_end)
         with open(path, "r+b") as handle:
             handle.truncate(good_end)

@@ -1,0 +1,167 @@
+"""`mm-eval`: run, score, compare and suite commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from eval.distributed import Ranks, init_process_group
+from eval.predictions import PredictionFileError
+from eval.tasks import TASKS, get_task
+from eval.tasks.base import TaskDataError
+
+log = logging.getLogger("mm-eval")
+
+
+def add_task_options(parser: argparse.ArgumentParser, task_name: str) -> None:
+    """One --kebab-case flag per field of the task's options dataclass."""
+    group = parser.add_argument_group(f"{task_name} data options")
+    for f in fields(get_task(task_name).options_type):
+        required = f.default is MISSING
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"opt_{f.name}", required=required,
+                           default=None if required else f.default, help=f.metadata.get("help", ""))
+
+
+def task_options_from(args: argparse.Namespace, task_name: str):
+    from eval.pipeline import build_options
+
+    values = {f.name: getattr(args, f"opt_{f.name}") for f in fields(get_task(task_name).options_type)}
+    return build_options(task_name, values)
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model directory (ours or llava-hf) or hub id")
+    parser.add_argument("--out", required=True, help="output folder (re-running resumes it)")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--template", default=None, help="chat template (default: the checkpoint's config.chat_template)")
+    parser.add_argument("--image-workers", type=int, default=4, help="threads decoding images ahead of generation")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a hub checkpoint")
+
+
+def _prepare_model(args):
+    from eval.pipeline import default_device, load_model
+    from eval.runner import GenerationSettings
+
+    if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
+        raise TaskDataError("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
+    ranks = Ranks.from_env()
+    device = args.device or default_device(ranks)
+    init_process_group(ranks, device)
+    model, dtype = load_model(args.checkpoint, device, args.dtype, args.trust_remote_code)
+    settings = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                  template=args.template or model.config.chat_template, image_workers=args.image_workers)
+    return model, dtype, settings, device, ranks
+
+
+def cmd_run(args) -> None:
+    from eval.pipeline import run_task
+
+    options = task_options_from(args, args.task)
+    model, dtype, settings, device, ranks = _prepare_model(args)
+    metrics = run_task(model, dtype, args.checkpoint, args.task, options, args.out, settings,
+                       limit=args.limit, device=device, ranks=ranks)
+    if metrics is not None:
+        print(f"{args.task}: overall {metrics['overall']} (missing {metrics['missing']}) -> {Path(args.out) / 'metrics.md'}")
+
+
+def cmd_score(args) -> None:
+    from eval.pipeline import score_task
+
+    metrics = score_task(args.task, task_options_from(args, args.task), args.predictions, args.out)
+    print(f"{args.task}: overall {metrics['overall']} (missing {metrics['missing']}, "
+          f"unknown ids {metrics['unknown_ids']}) -> {Path(args.out) / 'metrics.md'}")
+
+
+def cmd_compare(args) -> None:
+    from eval.pipeline import compare_runs
+    from eval.report import write_text_atomic
+
+    table = compare_runs(args.run_dirs)
+    if args.out:
+        write_text_atomic(args.out, table)
+    print(table, end="")
+
+
+def cmd_suite(args) -> None:
+    from eval.pipeline import build_options, compare_runs, run_task
+    from eval.report import write_text_atomic
+    from eval.suite import load_suite
+
+    entries = [(name, task, build_options(task, values)) for name, task, values in load_suite(args.config, args.data)]
+    model, dtype, settings, device, ranks = _prepare_model(args)
+    out = Path(args.out)
+    for name, task, options in entries:
+        log.info("suite: %s (%s)", name, task)
+        run_task(model, dtype, args.checkpoint, task, options, out / name, settings, limit=args.limit,
+                 device=device, ranks=ranks)
+    if ranks.rank == 0:
+        table = compare_runs([str(out)])
+        write_text_atomic(out / "summary.md", table)
+        print(table, end="")
+
+
+def cmd_tasks(args) -> None:
+    for name, task in TASKS.items():
+        print(f"{name:15s} {task.summary}")
+
+
+def _task_name(argv: list[str]) -> str | None:
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--task")
+    return probe.parse_known_args(argv)[0].task
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mm-eval", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    task_name = _task_name(argv)
+    if task_name is not None:
+        get_task(task_name)  # unknown names fail here, listing the valid ones
+    for command, helptext in (("run", "generate answers for a task and score them"),
+                              ("score", "score an existing predictions file")):
+        sub = commands.add_parser(command, help=helptext)
+        sub.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+        if command == "run":
+            add_generation_options(sub)
+        else:
+            sub.add_argument("--predictions", required=True, help="JSONL in LLaVA's answer format")
+            sub.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
+        if task_name is not None:
+            add_task_options(sub, task_name)
+        sub.set_defaults(func=cmd_run if command == "run" else cmd_score)
+    compare = commands.add_parser("compare", help="one Markdown table across run folders")
+    compare.add_argument("run_dirs", nargs="+")
+    compare.add_argument("--out", default=None, help="also write the table to this file")
+    compare.set_defaults(func=cmd_compare)
+    suite = commands.add_parser("suite", help="run the tasks listed in a suite YAML")
+    suite.add_argument("--config", required=True, help="suite YAML (see eval/suites/)")
+    suite.add_argument("--data", default=None, help="replaces {data} in the suite (mm-prep synth output)")
+    add_generation_options(suite)
+    suite.set_defaults(func=cmd_suite)
+    commands.add_parser("tasks", help="list the tasks").set_defaults(func=cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser(argv).parse_args(argv)
+        args.func(args)
+    except (TaskDataError, PredictionFileError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mm-eval: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

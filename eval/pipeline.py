@@ -1,0 +1,128 @@
+"""The mm-eval commands as functions: run a task, score predictions, compare runs, run a suite."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from eval.distributed import Ranks, init_process_group
+from eval.predictions import read_predictions
+from eval.report import compare_markdown, metrics_markdown, write_json_atomic, write_text_atomic
+from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype
+from eval.scoring.evaluate import score_predictions
+from eval.tasks import get_task
+from eval.tasks.base import TaskDataError, file_options
+
+log = logging.getLogger(__name__)
+# Settings that must match when a run directory is resumed (answers of mixed settings are not one run).
+RESUME_KEYS = ("task", "data", "checkpoint", "prompt_template", "max_new_tokens", "dtype")
+
+
+def build_options(task_name: str, values: dict[str, Any]):
+    """The task's options dataclass from a mapping; unknown or missing keys are clear errors."""
+    task = get_task(task_name)
+    known = {f.name for f in fields(task.options_type)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TaskDataError(f"task {task_name}: unknown options {unknown}; valid: {sorted(known)}")
+    try:
+        return task.options_type(**values)
+    except TypeError as error:
+        raise TaskDataError(f"task {task_name}: {error}") from None
+
+
+def score_task(task_name: str, options, predictions_file: str | Path, out_dir: str | Path, questions=None) -> dict:
+    """Score a predictions file (ours or LLaVA-format from elsewhere); write metrics.json and metrics.md."""
+    task = get_task(task_name)
+    questions = task.read(options) if questions is None else questions
+    metrics = score_predictions(task, options, questions, read_predictions(predictions_file))
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "metrics.json", {"task": task_name, **metrics})
+    write_text_atomic(out_dir / "metrics.md", metrics_markdown(task_name, metrics))
+    return metrics
+
+
+def load_model(checkpoint: str, device: str, dtype_name: str | None, trust_remote_code: bool = False):
+    import mm
+
+    dtype = resolve_dtype(dtype_name, device)
+    model = mm.load_pretrained(checkpoint, trust_remote_code=trust_remote_code, torch_dtype=dtype)
+    return model.to(device).eval(), dtype
+
+
+def default_device(ranks: Ranks) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', ranks.rank))}" if ranks.world_size > 1 else "cuda"
+    return "cpu"
+
+
+def _check_resumable(out_dir: Path, record: dict) -> None:
+    previous_file = out_dir / "run.json"
+    if not previous_file.exists():
+        return
+    previous = json.loads(previous_file.read_text(encoding="utf-8"))
+    changed = [k for k in RESUME_KEYS if previous.get("resume", {}).get(k) != record["resume"][k]]
+    if changed:
+        raise TaskDataError(f"{out_dir} holds a run with different {changed}; use a new --out to keep answers apart")
+
+
+def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: str | Path, settings: GenerationSettings,
+             *, limit: int | None = None, device: str = "cpu", ranks: Ranks = Ranks()) -> dict | None:
+    """Generate (resuming) and score one task; rank 0 writes run.json and metrics. Returns metrics on rank 0."""
+    import mm
+
+    task = get_task(task_name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    questions = task.read(options)
+    if limit is not None:
+        questions = questions[:limit]
+    resume = {"task": task_name, "data": asdict(options), "checkpoint": str(Path(checkpoint).resolve()),
+              "prompt_template": settings.template, "max_new_tokens": settings.max_new_tokens, "dtype": str(dtype)}
+    record = {"resume": resume}
+    if ranks.rank == 0:
+        _check_resumable(out_dir, record)
+    timings = generate_predictions(Generator(model, settings, dtype), questions, out_dir, ranks,
+                                   model_id=Path(checkpoint).name, task_name=task_name)
+    if ranks.rank != 0:
+        return None
+    metrics = score_task(task_name, options, out_dir / "predictions.jsonl", out_dir, questions=questions)
+    record.update({
+        "mm_version": mm.__version__, "command": sys.argv,
+        "model": {"checkpoint": resume["checkpoint"], "config": model.config.to_dict()},
+        "task": task_name, "data_files": file_options(options), "data": asdict(options),
+        "prompt_template": settings.template,
+        "generation": {"greedy": True, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+                       "dtype": str(dtype).replace("torch.", ""), "device": device, "world_size": ranks.world_size},
+        "limit": limit, "num_questions": len(questions),
+        "timings": {**timings, "wall_seconds": round(time.time() - started, 3)},
+        "metrics_overall": metrics["overall"],
+    })
+    write_json_atomic(out_dir / "run.json", record)
+    return metrics
+
+
+def find_metrics(run_dir: Path) -> dict[str, dict]:
+    """{task: metrics} of a run directory: its own metrics.json or those of its task sub-folders."""
+    files = [run_dir / "metrics.json"] if (run_dir / "metrics.json").exists() else sorted(run_dir.glob("*/metrics.json"))
+    if not files:
+        raise TaskDataError(f"no metrics.json in {run_dir} or its sub-folders")
+    found = {}
+    for path in files:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        name = path.parent.name if path.parent != run_dir else metrics.get("task", run_dir.name)
+        found[name] = metrics
+    return found
+
+
+def compare_runs(run_dirs: list[str]) -> str:
+    """Markdown table: rows are runs, columns are each task's headline metric."""
+    return compare_markdown([(str(d), find_metrics(Path(d))) for d in run_dirs])

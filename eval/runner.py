@@ -1,0 +1,165 @@
+"""Batched greedy generation over a task's questions, appending predictions as they are produced."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from eval.distributed import Ranks, barrier, existing_prediction_files, gather, part_file, shard
+from eval.predictions import append_predictions, id_key, recover_partial
+from eval.tasks.base import Question, TaskDataError
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are generated."""
+
+    batch_size: int = 16
+    """Questions per generate() call (left-padded)."""
+    max_new_tokens: int = 128
+    """Longest answer, in tokens (LLaVA-1.5's evaluation default)."""
+    template: str = "vicuna_v1"
+    """Chat template used to build prompts."""
+    image_workers: int = 4
+    """Threads decoding the next batch's images while the current one generates."""
+
+
+def resolve_dtype(name: str | None, device: str) -> torch.dtype:
+    """bf16 on GPU and fp32 on CPU unless named."""
+    if name is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def conversation(question: Question, image_token: str) -> list[dict]:
+    """LLaVA's single-turn question: one placeholder line per image, then the prompt."""
+    return [{"from": "human", "value": f"{image_token}\n" * len(question.images) + question.prompt}]
+
+
+def check_images(questions: Sequence[Question]) -> None:
+    """Fail before generating if an image file is missing, naming it and the options that locate it."""
+    for question in questions:
+        for image in question.images:
+            if isinstance(image, Path) and not image.is_file():
+                raise TaskDataError(f"image not found: {image} (question {question.question_id}; "
+                                    "check --image-root / --image-pattern or the data folder)")
+
+
+class Generator:
+    """Turns batches of questions into answer texts with one model."""
+
+    def __init__(self, model, settings: GenerationSettings, dtype: torch.dtype):
+        from mm.chat import stop_token_ids
+        from mm.transforms import ImageTransform
+
+        self.model, self.settings, self.dtype = model, settings, dtype
+        self.tokenizer = model.tokenizer
+        self.transform = ImageTransform(**asdict(model.image_transform_config))
+        self.stop_ids = stop_token_ids(self.tokenizer, settings.template)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+
+    def load_images(self, batch: Sequence[Question]) -> torch.Tensor | None:
+        """uint8 (num_images, 3, S, S) in placeholder order, or None for a text-only batch."""
+        pixels = []
+        for question in batch:
+            for image in question.images:
+                try:
+                    pixels.append(self.transform(self.transform.open(image)))
+                except (OSError, ValueError) as error:
+                    name = image if isinstance(image, Path) else f"embedded image of question {question.question_id}"
+                    raise TaskDataError(f"cannot decode {name}: {error}") from None
+        return torch.stack(pixels) if pixels else None
+
+    def encode(self, batch: Sequence[Question]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input ids and attention mask."""
+        from mm.chat import encode_prompt
+
+        image_token = self.model.config.image_token
+        rows = [encode_prompt(conversation(q, image_token), self.tokenizer, self.settings.template,
+                              tokens_per_image=self.model.tokens_per_image, image_token=image_token) for q in batch]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        return ids, mask
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        """Text of each row up to its first stop token, stripped like LLaVA's outputs."""
+        texts = []
+        for row in tokens.tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return texts
+
+    @torch.inference_mode()
+    def answer(self, batch: Sequence[Question], pixels: torch.Tensor | None) -> list[str]:
+        device = self.model.device
+        ids, mask = self.encode(batch)
+        pixel_values = None if pixels is None else self.transform.normalize(pixels.to(device), self.dtype)
+        tokens = self.model.generate(ids.to(device), mask.to(device), pixel_values,
+                                     max_new_tokens=self.settings.max_new_tokens, do_sample=False,
+                                     eos_token_id=self.stop_ids)
+        return self.decode(tokens.cpu())
+
+
+def batches(questions: Sequence[Question], size: int) -> Iterator[list[Question]]:
+    for start in range(0, len(questions), size):
+        yield list(questions[start:start + size])
+
+
+def pending_questions(questions: Sequence[Question], out_dir: Path, ranks: Ranks) -> list[Question]:
+    """This rank's share of the questions not yet answered by any earlier (possibly crashed) run."""
+    recover_partial(part_file(out_dir, ranks))  # each rank repairs only its own file
+    barrier()
+    done: set[str] = set()
+    for path in existing_prediction_files(out_dir):
+        done |= recover_partial(path, truncate=False)
+    barrier()  # nobody appends before every rank has the same view of what is done
+    todo = [q for q in questions if id_key(q.question_id) not in done]
+    # Longest prompts first: similar lengths share a batch (less padding) and memory peaks early.
+    todo.sort(key=lambda q: (-len(q.prompt), id_key(q.question_id)))
+    return shard(todo, ranks.rank, ranks.world_size)
+
+
+def generate_predictions(generator: Generator, questions: Sequence[Question], out_dir: Path, ranks: Ranks,
+                         model_id: str, task_name: str) -> dict:
+    """Answer this rank's pending questions, appending each batch to its file; rank 0 gathers.
+    Returns timings for the run record."""
+    mine = pending_questions(questions, out_dir, ranks)
+    check_images(mine)
+    target = part_file(out_dir, ranks)
+    target.touch()
+    start = time.perf_counter()
+    planned = list(batches(mine, generator.settings.batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, generator.settings.image_workers)) as pool:
+        upcoming = pool.submit(generator.load_images, planned[0]) if planned else None
+        for index, batch in enumerate(planned):
+            pixels = upcoming.result()
+            if index + 1 < len(planned):
+                upcoming = pool.submit(generator.load_images, planned[index + 1])
+            texts = generator.answer(batch, pixels)
+            append_predictions(target, (
+                {"question_id": q.question_id, "prompt": q.prompt, "text": text, "model_id": model_id,
+                 "metadata": {"task": task_name}} for q, text in zip(batch, texts)))
+            log.info("rank %d: %d/%d batches", ranks.rank, index + 1, len(planned))
+    seconds = time.perf_counter() - start
+    barrier()
+    if ranks.world_size > 1 and ranks.rank == 0:
+        gather(out_dir)
+    barrier()
+    return {"generated": len(mine), "generation_seconds": round(seconds, 3),
+            "samples_per_second": round(len(mine) / seconds, 3) if seconds > 0 and mine else None}
