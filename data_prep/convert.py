@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import sys
+import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -94,8 +95,13 @@ def _stat_images(samples: list[Sample]) -> tuple[list[Sample], list[Rejection], 
     return kept, rejected, image_bytes
 
 
+_TAR_END = 2 * TAR_BLOCK + tarfile.RECORDSIZE  # end-of-archive blocks + the most padding tarfile adds
+
+
 def _estimated_bytes(sample: Sample, image_bytes: int) -> int:
-    json_bytes = len(json.dumps(sample.conversations, ensure_ascii=False)) + len(json.dumps(sample.meta)) + 256
+    """Bytes the sample adds to a tar (exact unless images get re-encoded)."""
+    text = json.dumps([sample.id, sample.source, sample.conversations, sample.meta], ensure_ascii=False, default=str)
+    json_bytes = len(text.encode("utf-8")) + 64 * len(sample.images) + 256
     members = 1 + len(sample.images)
     return image_bytes + json_bytes + members * 2 * TAR_BLOCK  # header + padding per member
 
@@ -105,12 +111,12 @@ def plan_shards(samples: list[Sample], image_bytes: dict[int, int], options: Con
     order = list(samples)
     random.Random(options.seed).shuffle(order)
     shards: list[list[Sample]] = []
-    current, current_bytes = [], 0
+    current, current_bytes = [], _TAR_END
     for sample in order:
         size = _estimated_bytes(sample, image_bytes[sample.index])
         if current and (len(current) == options.samples_per_shard or current_bytes + size > options.max_shard_bytes):
             shards.append(current)
-            current, current_bytes = [], 0
+            current, current_bytes = [], _TAR_END
         current.append(sample)
         current_bytes += size
     if current:

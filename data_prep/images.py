@@ -10,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # PIL format name -> member extension (what webdataset decoders key on).
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
@@ -86,6 +86,8 @@ def check_image(data: bytes, mode: str = "fast") -> CheckedImage:
             _check_jpeg_complete(data)
     except ImageError:
         raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image in a format Pillow recognises") from None
     except Exception as error:  # PIL raises many types for bad bytes; all mean "undecodable"
         raise ImageError(f"{type(error).__name__}: {error}") from None
     if width <= 0 or height <= 0:

@@ -64,7 +64,7 @@ def parse_record(record: Any, index: int, image_root: str | Path, source: str) -
     extra = {k: v for k, v in record.items() if k not in _KNOWN_FIELDS}
     if extra:
         meta["record_extra"] = extra
-    return Sample(index, record["id"], source, record["conversations"], images, meta)
+    return Sample(index, record["id"], source, record["conversations"], images, meta, original=record)
 
 
 def load_llava(annotations: str | Path, image_root: str | Path, source: str) -> tuple[list[Sample], list[Rejection], int]:

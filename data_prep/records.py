@@ -64,13 +64,15 @@ class Sample:
     """The sample's unique webdataset key, assigned by `IdRegistry`."""
     covers: list[tuple[int, Any]] = field(default_factory=list)
     """(index, id) of the input records this sample carries when it merges several (VQA grouping)."""
+    original: Any = None
+    """The input record as read (kept in rejected.jsonl if the sample is rejected later)."""
 
     def input_records(self) -> list[tuple[int, Any]]:
         return self.covers or [(self.index, self.id)]
 
     def reject(self, reason: str, detail: str) -> list["Rejection"]:
         """One rejection per input record this sample carries."""
-        return [Rejection(index, record_id, reason, detail) for index, record_id in self.input_records()]
+        return [Rejection(index, record_id, reason, detail, self.original) for index, record_id in self.input_records()]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,254 @@
+"""mm-prep llava: round trip, webdataset compatibility, rejections, resume, determinism."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import data_prep.convert as convert_module
+from data_prep.cli import main
+from data_prep.convert import ConvertOptions, OutputDirError, convert
+from data_prep.inspect_shards import iter_samples
+from data_prep.llava import load_llava
+
+
+def image_bytes(fmt: str, size=(32, 24), color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, fmt)
+    return out.getvalue()
+
+
+def human(text):
+    return {"from": "human", "value": text}
+
+
+def gpt(text):
+    return {"from": "gpt", "value": text}
+
+
+GOOD = [
+    {"id": "text-only", "conversations": [human("Hi there"), gpt("Hello."), human("How are you?"), gpt("Fine.")]},
+    {"id": "before", "image": "a.jpg", "conversations": [human("<image>\nWhat is shown?"), gpt("A red block.")]},
+    {"id": 7, "image": "b.png", "conversations": [
+        {"from": "system", "value": "Be brief."}, human("Describe this.\n<image>"), gpt("Blue."), human("Sure?"), gpt("Yes."),
+    ]},  # fmt: skip
+    {"id": "multi", "image": ["a.jpg", "sub/f.jpg"],
+     "conversations": [human("<image>\nFirst."), gpt("Red."), human("<image>\nAnd this?"), gpt("Green.")]},  # fmt: skip
+    {"id": "dots.in.id", "image": "c.jpg", "conversations": [human("<image> Kind?"), gpt("PNG really.")], "model": "x"},
+]
+BAD = {  # reason -> record
+    "missing_image": {"id": "bad-missing", "image": "nope.jpg", "conversations": [human("<image>"), gpt("?")]},
+    "undecodable_image": {"id": "bad-bytes", "image": "e.jpg", "conversations": [human("<image>"), gpt("?")]},
+    "image_count_mismatch": {"id": "bad-count", "image": "a.jpg", "conversations": [human("no placeholder"), gpt("?")]},
+    "empty_conversation": {"id": "bad-empty", "conversations": []},
+    "non_alternating_roles": {"id": "bad-order", "conversations": [human("a"), human("b")]},
+    "unknown_role": {"id": "bad-role", "conversations": [{"from": "user", "value": "a"}, gpt("b")]},
+    "empty_message": {"id": "bad-value", "conversations": [human("   "), gpt("b")]},
+    "duplicate_id": {"id": "before", "image": "a.jpg", "conversations": [human("<image>\nAgain"), gpt("Red.")]},
+    "malformed_record": ["not", "a", "dict"],
+}
+EXTRA_BAD = [  # more cases for the same reasons
+    ("undecodable_image", {"id": "bad-trunc", "image": "d.jpg", "conversations": [human("<image>"), gpt("?")]}),
+    ("image_count_mismatch", {"id": "bad-two", "image": "a.jpg", "conversations": [human("<image><image>"), gpt("?")]}),
+    ("image_count_mismatch", {"id": "bad-gpt", "conversations": [human("x"), gpt("<image>")]}),
+    ("non_alternating_roles", {"id": "bad-end", "conversations": [human("a"), gpt("b"), human("c")]}),
+    ("malformed_record", {"id": "bad-noconv"}),
+]
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path, list]:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "b.png").write_bytes(image_bytes("PNG", (20, 40), (0, 0, 255)))
+    (root / "c.jpg").write_bytes(image_bytes("PNG", (8, 8)))  # PNG bytes behind a .jpg name
+    (root / "sub" / "f.jpg").write_bytes(image_bytes("JPEG", (16, 16), (0, 255, 0)))
+    (root / "d.jpg").write_bytes(image_bytes("JPEG", (64, 64))[:-40])  # cut short
+    (root / "e.jpg").write_bytes(b"\xff\xd8 this is not an image")
+    records = [*GOOD, *BAD.values(), *(record for _, record in EXTRA_BAD)]
+    annotations = tmp_path / "data.json"
+    annotations.write_text(json.dumps(records))
+    return annotations, root, records
+
+
+def run(annotations, root, out, **options) -> convert_module.ConvertResult:
+    samples, rejections, total = load_llava(annotations, root, "fixture")
+    options.setdefault("progress", False)
+    options.setdefault("command", ["mm-prep", "test"])
+    return convert(samples, rejections, ConvertOptions(out_dir=str(out), **options), num_input_records=total, source="fixture")
+
+
+def test_round_trip_equals_input(dataset, tmp_path):
+    annotations, root, _ = dataset
+    out = tmp_path / "out"
+    run(annotations, root, out, samples_per_shard=2)
+    read = {sample.record["id"]: sample for sample in iter_samples(out)}
+    assert sorted(read, key=str) == sorted((r["id"] for r in GOOD), key=str)
+    for record in GOOD:
+        sample = read[record["id"]]
+        paths = record.get("image", [])
+        paths = [paths] if isinstance(paths, str) else paths
+        assert sample.record["conversations"] == record["conversations"]
+        assert sample.record["source"] == "fixture"
+        assert sample.images == [(root / p).read_bytes() for p in paths]
+        assert sample.record["meta"]["image_paths"] == paths
+        assert "." not in sample.key
+    assert read["dots.in.id"].record["images"] == ["img0.png"]  # format from the bytes, not the name
+    assert read["dots.in.id"].record["meta"]["record_extra"] == {"model": "x"}
+    assert read["multi"].record["images"] == ["img0.jpg", "img1.jpg"]
+    assert read["multi"].record["image_sizes"] == [[32, 24], [16, 16]]
+    assert read[7].record["image_sizes"] == [[20, 40]]
+    assert read["text-only"].record["images"] == [] and read["text-only"].images == []
+
+
+def test_webdataset_reads_the_shards(dataset, tmp_path):
+    import webdataset as wds
+
+    annotations, root, _ = dataset
+    out = tmp_path / "out"
+    run(annotations, root, out, samples_per_shard=2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    urls = [str(out / shard["name"]) for shard in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert len(samples) == len(GOOD) == manifest["num_samples"]
+    by_id = {json.loads(s["json"])["id"]: s for s in samples}
+    assert by_id["multi"]["img0.jpg"] == (root / "a.jpg").read_bytes()
+    assert by_id["multi"]["img1.jpg"] == (root / "sub" / "f.jpg").read_bytes()
+    assert by_id["dots.in.id"]["img0.png"] == (root / "c.jpg").read_bytes()
+    assert {k for k in by_id["text-only"] if not k.startswith("__")} == {"json"}
+
+
+def test_every_rejection_reason_is_recorded(dataset, tmp_path):
+    annotations, root, records = dataset
+    out = tmp_path / "out"
+    result = run(annotations, root, out)
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    got = {(row["index"], row["reason"]) for row in rejected}
+    expected = {(records.index(record), reason) for reason, record in [*BAD.items(), *EXTRA_BAD]}
+    assert got == expected
+    assert all(row["detail"] and row["record"] == records[row["index"]] for row in rejected)  # nothing lost
+    manifest = result.manifest
+    assert manifest["num_input_records"] == len(records)
+    assert manifest["num_samples"] + manifest["num_rejected"] == len(records)
+    assert manifest["rejected_by_reason"]["undecodable_image"] == 2
+    assert manifest["rejected_by_reason"]["image_count_mismatch"] == 3
+
+
+def test_jsonl_input_with_a_broken_line(dataset, tmp_path):
+    _, root, _ = dataset
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text(json.dumps(GOOD[1]) + "\n\n{broken json\n" + json.dumps(GOOD[0]) + "\n")
+    out = tmp_path / "out"
+    result = run(jsonl, root, out)
+    assert result.manifest["num_input_records"] == 3 and result.manifest["num_samples"] == 2
+    (row,) = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert row["reason"] == "malformed_record" and row["record"] == "{broken json"
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_same_seed_same_bytes_regardless_of_workers(dataset, tmp_path):
+    annotations, root, _ = dataset
+    run(annotations, root, tmp_path / "one", samples_per_shard=2, workers=1)
+    run(annotations, root, tmp_path / "two", samples_per_shard=2, workers=2)
+    run(annotations, root, tmp_path / "other", samples_per_shard=2, seed=1)
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert one == two and len([n for n in one if n.endswith(".tar")]) == 4
+    other = _files(tmp_path / "other")
+    assert [one[n] for n in sorted(one) if n.endswith(".tar")] != [other[n] for n in sorted(other) if n.endswith(".tar")]
+
+
+def test_resume_after_crash_gives_identical_output(dataset, tmp_path, monkeypatch):
+    annotations, root, _ = dataset
+    clean = tmp_path / "clean"
+    run(annotations, root, clean, samples_per_shard=1)
+    crashed = tmp_path / "crashed"
+    real_write_shard, calls = convert_module.write_shard, []
+
+    def dying_write_shard(task, report):
+        calls.append(task.name)
+        if len(calls) == 3:  # die in the middle of the third shard
+            (Path(task.out_dir) / f"{task.name}.tmp").write_bytes(b"half a tar")
+            raise KeyboardInterrupt("simulated kill")
+        return real_write_shard(task, report)
+
+    monkeypatch.setattr(convert_module, "write_shard", dying_write_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run(annotations, root, crashed, samples_per_shard=1)
+    assert not (crashed / "manifest.json").exists()
+    assert (crashed / "shard-000002.tar.tmp").exists() and not (crashed / "shard-000002.tar").exists()
+    first_done = {name: (crashed / name).stat().st_mtime_ns for name in calls[:2]}
+    monkeypatch.setattr(convert_module, "write_shard", real_write_shard)
+    result = run(annotations, root, crashed, samples_per_shard=1)
+    assert result.shards_skipped == 2 and result.shards_written == result.manifest["num_shards"] - 2
+    assert {name: (crashed / name).stat().st_mtime_ns for name in first_done} == first_done  # not rewritten
+    assert _files(crashed) == _files(clean)  # shards, manifest, sizes, rejected: identical, no .tmp left
+    again = run(annotations, root, crashed, samples_per_shard=1)  # a complete run reruns as a no-op
+    assert again.shards_written == 0 and _files(crashed) == _files(clean)
+    lines = (crashed / "rejected.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == result.manifest["num_rejected"]
+
+
+def test_refuses_a_directory_from_a_different_conversion(dataset, tmp_path):
+    annotations, root, _ = dataset
+    out = tmp_path / "out"
+    run(annotations, root, out, samples_per_shard=2)
+    with pytest.raises(OutputDirError):
+        run(annotations, root, out, samples_per_shard=3)
+    result = run(annotations, root, out, samples_per_shard=3, overwrite=True)
+    assert sorted(p.name for p in out.glob("*.tar")) == [s["name"] for s in result.manifest["shards"]]
+
+
+def test_manifest_and_sizes(dataset, tmp_path):
+    annotations, root, _ = dataset
+    out = tmp_path / "out"
+    assert main(["llava", "--annotations", str(annotations), "--image-root", str(root), "--out", str(out),
+                 "--samples-per-shard", "2", "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert manifest["command"][:2] == ["mm-prep", "llava"] and manifest["mm_version"]
+    assert manifest["source"] == "data"
+    assert sizes == {s["name"]: s["num_samples"] for s in manifest["shards"]}
+    # 7 records pass the structural checks and are planned 2 per shard; 2 of them fail the image check
+    assert len(manifest["shards"]) == 4 and sum(sizes.values()) == 5 and max(sizes.values()) == 2
+    for shard in manifest["shards"]:
+        assert (out / shard["name"]).stat().st_size == shard["num_bytes"]
+    assert manifest["num_bytes"] == sum(s["num_bytes"] for s in manifest["shards"])
+    assert manifest["num_images"] == 5
+
+
+def test_max_shard_bytes_limits_shards(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    records = []
+    for i in range(6):
+        (root / f"{i}.bmp").write_bytes(image_bytes("BMP", (64, 64), (40 * i, 0, 0)))
+        records.append({"id": i, "image": f"{i}.bmp", "conversations": [human("<image>"), gpt("x")]})
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    limit = 45_000  # each 64x64 BMP is 12,342 bytes: two samples fit with the tar overhead, three do not
+    result = run(tmp_path / "d.json", root, tmp_path / "out", max_shard_bytes=limit)
+    assert [s["num_samples"] for s in result.manifest["shards"]] == [2, 2, 2]
+    assert all(s["num_bytes"] <= limit for s in result.manifest["shards"])
+
+
+def test_max_image_side_reencodes_only_large_images(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "big.jpg").write_bytes(image_bytes("JPEG", (200, 100)))
+    (root / "small.png").write_bytes(image_bytes("PNG", (40, 20)))
+    records = [{"id": "big", "image": "big.jpg", "conversations": [human("<image>"), gpt("x")]},
+               {"id": "small", "image": "small.png", "conversations": [human("<image>"), gpt("x")]}]  # fmt: skip
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    run(tmp_path / "d.json", root, tmp_path / "out", max_image_side=64)
+    read = {s.record["id"]: s for s in iter_samples(tmp_path / "out")}
+    big = read["big"]
+    assert big.record["image_sizes"] == [[64, 32]] and big.record["meta"]["resized"] == [{"image": 0, "from": [200, 100]}]
+    assert Image.open(io.BytesIO(big.images[0])).size == (64, 32) and big.record["images"] == ["img0.jpg"]
+    assert read["small"].images[0] == (root / "small.png").read_bytes() and "resized" not in read["small"].record["meta"]
