@@ -101,7 +101,8 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
             "answer_counts": [item["counts"] for item in group],
         }
         covers = [(item["index"], item["question"]["question_id"]) for item in group]
-        sample = Sample(first["index"], sample_id, source, conversations, [image], meta, covers=covers)
+        original = None if group_by_image else first["question"]
+        sample = Sample(first["index"], sample_id, source, conversations, [image], meta, covers=covers, original=original)
         try:
             check_conversation(conversations, 1)
             sample.key = registry.claim(sample_id)
