@@ -22,6 +22,8 @@ class OpenCLIPVisionTower(VisionTower):
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
         self.config = config
+        if load_weights and config.pretrained:
+            _check_pretrained(config)
         model_config = _model_config(config)
         self.visual = _build_visual(model_config)
         if not isinstance(self.visual, VisionTransformer):
@@ -77,15 +79,22 @@ class OpenCLIPVisionTower(VisionTower):
             return
         import open_clip
 
-        if open_clip.get_pretrained_cfg(self.config.name_or_path, pretrained) == {}:
-            raise ValueError(
-                f"pretrained={pretrained!r} is neither a file nor a known tag of {self.config.name_or_path!r}; "
-                f"known tags: {open_clip.list_pretrained_tags_by_model(self.config.name_or_path)}"
-            )
         clip = open_clip.create_model(self.config.name_or_path, pretrained=pretrained, weights_only=True)
         self.visual.load_state_dict(clip.visual.state_dict(), strict=True)
         self.visual.image_mean = getattr(clip.visual, "image_mean", None)
         self.visual.image_std = getattr(clip.visual, "image_std", None)
+
+
+def _check_pretrained(config: VisionTowerConfig) -> None:
+    import open_clip
+
+    if os.path.isfile(config.pretrained):
+        return
+    if not open_clip.get_pretrained_cfg(config.name_or_path, config.pretrained):
+        raise ValueError(
+            f"pretrained={config.pretrained!r} is neither a file nor a known tag of {config.name_or_path!r}; "
+            f"known tags: {open_clip.list_pretrained_tags_by_model(config.name_or_path)}"
+        )
 
 
 def _model_config(config: VisionTowerConfig) -> dict:

@@ -1,0 +1,69 @@
+"""Projectors: shapes, the token count each declares, the 2x2 pixel-shuffle order, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from mm.config import ProjectorConfig
+from mm.projectors import PROJECTORS, build_projector
+from mm.tiny import tiny_vlm_config
+
+
+@pytest.mark.parametrize(
+    "kind, tokens_out, params",
+    [
+        ("linear", 64, 32 * 48 + 48),
+        ("mlp2x_gelu", 64, (32 * 48 + 48) + (48 * 48 + 48)),
+        ("pixel_shuffle2x_mlp", 16, (128 * 48 + 48) + (48 * 48 + 48)),
+    ],
+)
+def test_shapes_and_declared_token_counts(kind, tokens_out, params):
+    projector = build_projector(ProjectorConfig(kind=kind), vision_hidden=32, llm_hidden=48)
+    out = projector(torch.randn(3, 64, 32))
+    assert out.shape == (3, tokens_out, 48)
+    assert projector.num_output_tokens(64) == tokens_out
+    assert sum(p.numel() for p in projector.parameters()) == params
+
+
+def test_pixel_shuffle_merges_each_2x2_block_in_row_major_order():
+    projector = build_projector(ProjectorConfig(kind="pixel_shuffle2x_mlp"), vision_hidden=1, llm_hidden=4)
+    projector.mlp = nn.Identity()  # look at the merge itself
+    grid = torch.arange(16.0).view(1, 16, 1)  # a 4x4 patch grid, value = patch index
+    merged = projector(grid)[0].tolist()
+    assert merged == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+
+
+def test_mlp2x_gelu_is_linear_gelu_linear():
+    projector = build_projector(ProjectorConfig(kind="mlp2x_gelu"), vision_hidden=4, llm_hidden=3)
+    x = torch.randn(2, 5, 4)
+    expected = projector.linear_2(torch.nn.functional.gelu(projector.linear_1(x)))
+    torch.testing.assert_close(projector(x), expected)
+
+
+def test_bias_can_be_disabled():
+    projector = build_projector(ProjectorConfig(kind="mlp2x_gelu", bias=False), vision_hidden=4, llm_hidden=3)
+    assert projector.linear_1.bias is None and projector.linear_2.bias is None
+
+
+def test_pixel_shuffle_rejects_grids_it_cannot_merge():
+    projector = build_projector(ProjectorConfig(kind="pixel_shuffle2x_mlp"), vision_hidden=8, llm_hidden=8)
+    for tokens in (65, 50, 9):  # CLS kept, not square, odd side
+        with pytest.raises(ValueError, match="square patch grid with an even side"):
+            projector.num_output_tokens(tokens)
+    with pytest.raises(ValueError, match="keep_prefix_tokens=False"):
+        projector(torch.randn(1, 65, 8))
+
+
+def test_pixel_shuffle_with_a_kept_cls_token_fails_at_build_time():
+    import mm
+
+    config = tiny_vlm_config(projector="pixel_shuffle2x_mlp")
+    config.vision.keep_prefix_tokens = True
+    with pytest.raises(ValueError, match="got 65 tokens"):
+        mm.build_vlm(config)
+
+
+def test_unknown_projector_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown projector 'mlp3x'; valid names: \['linear', 'mlp2x_gelu', 'pixel_shuffle2x_mlp'\]"):
+        build_projector(ProjectorConfig(kind="mlp3x"), 4, 4)
+    assert sorted(PROJECTORS) == ["linear", "mlp2x_gelu", "pixel_shuffle2x_mlp"]
