@@ -1,0 +1,83 @@
+"""Building the model for a training stage: seeded random parts, freezing, LoRA, projector init."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mm.config import VLMConfig
+from mm.train.policy import TrainingPolicy
+
+log = logging.getLogger(__name__)
+
+
+def build_for_stage(config: VLMConfig, policy: TrainingPolicy, *, trust_remote_code: bool = False):
+    """The VLM with the stage's trainable parts; random parts seeded by `policy.init_seed`."""
+    from mm.builder import build_vlm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(policy.init_seed)
+        vlm = build_vlm(config, trust_remote_code=trust_remote_code)
+    vision, projector, llm = policy.trains
+    vlm.set_trainable(vision=vision, projector=projector, llm=llm)
+    if policy.init_projector_from:
+        load_projector(vlm, policy.init_projector_from)
+    if policy.stage == "lora":
+        add_lora(vlm, policy)
+    if policy.gradient_checkpointing:
+        vlm.gradient_checkpointing_enable()
+    return vlm
+
+
+def add_lora(vlm, policy: TrainingPolicy) -> None:
+    """Wrap the LLM with peft LoRA adapters; the LLM's own weights stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=policy.lora_r,
+        lora_alpha=policy.lora_alpha,
+        lora_dropout=policy.lora_dropout,
+        target_modules=list(policy.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    vlm.llm = get_peft_model(vlm.llm, lora)
+
+
+def merge_lora(vlm) -> None:
+    """Fold LoRA adapters into the LLM weights, so the export is a plain model."""
+    from peft import PeftModel
+
+    if isinstance(vlm.llm, PeftModel):
+        vlm.llm = vlm.llm.merge_and_unload()
+
+
+def projector_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Projector weights from an export directory (model.safetensors) or a Lightning .ckpt."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        weights_file = path / "model.safetensors"
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{path} has no model.safetensors (is it an mm export directory?)")
+        state, prefix = load_file(str(weights_file)), "projector."
+    elif path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state, prefix = checkpoint.get("state_dict", {}), "vlm.projector."
+    else:
+        raise FileNotFoundError(f"init_projector_from: {path} does not exist")
+    found = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not found:
+        raise ValueError(f"{path} holds no projector weights (no keys starting with {prefix!r})")
+    return found
+
+
+def load_projector(vlm, path: str | Path) -> None:
+    state = projector_state(path)
+    try:
+        vlm.projector.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"projector weights in {path} do not fit this model's projector: {error}") from error
+    log.info("projector initialised from %s (%d tensors)", path, len(state))

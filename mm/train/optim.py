@@ -1,0 +1,77 @@
+"""AdamW parameter groups (per component, decay / no decay) and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mm.train.policy import TrainingPolicy
+
+COMPONENTS = ("vision_tower", "projector", "llm")
+
+
+def _no_decay_ids(model: nn.Module) -> set[int]:
+    """Norm weights, biases (any 1-D parameter) and every embedding table."""
+    ids = {id(p) for p in model.parameters() if p.ndim < 2}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            ids |= {id(p) for p in module.parameters()}
+    return ids
+
+
+def component_lrs(policy: TrainingPolicy) -> dict[str, float]:
+    return {
+        "vision_tower": policy.vision_lr if policy.vision_lr is not None else policy.lr,
+        "projector": policy.projector_lr if policy.projector_lr is not None else policy.lr,
+        "llm": policy.lr,
+    }
+
+
+def param_groups(model: nn.Module, policy: TrainingPolicy) -> list[dict]:
+    """One group per (component, decay) holding that component's trainable parameters."""
+    no_decay = _no_decay_ids(model)
+    lrs = component_lrs(policy)
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        component = name.split(".", 1)[0]
+        if component not in lrs:
+            raise ValueError(f"trainable parameter {name!r} belongs to none of {list(COMPONENTS)}")
+        groups.setdefault((component, id(param) not in no_decay), []).append(param)
+    if not groups:
+        raise ValueError("no trainable parameters: check the training stage")
+    return [
+        {
+            "name": f"{component}/{'decay' if decay else 'no_decay'}",
+            "params": params,
+            "lr": lrs[component],
+            "weight_decay": policy.weight_decay if decay else 0.0,
+        }
+        for (component, decay), params in sorted(groups.items())
+    ]
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
+    """Multiplier of the peak lr at each optimizer step: linear warmup, then cosine to `min_lr_ratio`."""
+    if total_steps < 1:
+        raise ValueError(f"the schedule needs at least one optimizer step, got {total_steps}")
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, policy: TrainingPolicy, total_steps: int):
+    optimizer = torch.optim.AdamW(param_groups(model, policy), betas=policy.betas, eps=policy.eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, policy.warmup_ratio, policy.min_lr_ratio)
+    )
+    return optimizer, schedule
