@@ -1,0 +1,164 @@
+"""Checkpoints: self-contained round trip, atomic writes, safe loading; config JSON; the shipped tokenizer."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import mm
+from helpers_model import prompt_ids, text_ids, tiny_model
+from mm.config import VLMConfig
+from mm.tiny import TOKENIZER_DIR, tiny_config_path, tiny_vlm_config
+
+
+def logits_of(model, seed: int = 0) -> torch.Tensor:
+    ids = torch.tensor([prompt_ids(model, text_ids(model, "USER: "), 1, text_ids(model, " What color?"))])
+    with torch.no_grad():
+        return model(ids, torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))).logits
+
+
+@pytest.mark.parametrize(
+    "vision, llm, projector",
+    [("hf_clip", "llama", "mlp2x_gelu"), ("open_clip", "qwen2", "pixel_shuffle2x_mlp"), ("hf_siglip", "llama", "linear")],
+)
+def test_round_trip_gives_the_same_logits(tmp_path, vision, llm, projector):
+    model = tiny_model(vision, llm, projector, chat_template="plain", image_transform="crop")
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = mm.load_pretrained(tmp_path / "ckpt")
+    torch.testing.assert_close(logits_of(loaded), logits_of(model), rtol=0, atol=0)
+    assert loaded.config.chat_template == "plain" and loaded.image_transform_config == model.image_transform_config
+    assert loaded.tokens_per_image == model.tokens_per_image and loaded.image_token_id == model.image_token_id
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+
+
+def test_checkpoint_is_self_contained_and_pickle_free(tmp_path):
+    model = tiny_model(image_transform="resize")
+    model.save_pretrained(tmp_path / "ckpt")
+    files = set(os.listdir(tmp_path / "ckpt"))
+    assert {"mm_config.json", "model.safetensors", "tokenizer.json", "image_processing.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl", ".py"))]
+    saved = json.loads((tmp_path / "ckpt" / "mm_config.json").read_text())
+    # architectures inline: loading needs neither the network nor the original config files
+    assert saved["llm"]["model_config"]["hidden_size"] == 128 and saved["vision"]["model_config"]["patch_size"] == 8
+    assert (saved["chat_template"], saved["image_transform"], saved["format_version"]) == ("vicuna_v1", "resize", 1)
+    image = json.loads((tmp_path / "ckpt" / "image_processing.json").read_text())
+    assert image == {"image_size": 64, "mean": [0.48145466, 0.4578275, 0.40821073],
+                     "std": [0.26862954, 0.26130258, 0.27577711], "mode": "resize", "tokens_per_image": 64}
+    assert set(os.listdir(tmp_path)) == {"ckpt"}  # no temp directories left behind
+
+
+def test_saving_over_a_checkpoint_is_atomic(tmp_path, monkeypatch):
+    first, second = tiny_model(seed=1), tiny_model(seed=2)
+    first.save_pretrained(tmp_path / "ckpt")
+    import safetensors.torch
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", fail)
+    with pytest.raises(OSError, match="disk full"):
+        second.save_pretrained(tmp_path / "ckpt")
+    assert set(os.listdir(tmp_path)) == {"ckpt"}
+    torch.testing.assert_close(logits_of(mm.load_pretrained(tmp_path / "ckpt")), logits_of(first))
+    monkeypatch.undo()
+    second.save_pretrained(tmp_path / "ckpt")
+    assert set(os.listdir(tmp_path)) == {"ckpt"}
+    torch.testing.assert_close(logits_of(mm.load_pretrained(tmp_path / "ckpt")), logits_of(second))
+
+
+def test_new_image_token_grows_the_embeddings_and_survives_saving(tmp_path):
+    model = tiny_model(image_token="<img>")
+    assert len(model.tokenizer) == 1239 and model.image_token_id == 1238
+    assert model.llm.get_input_embeddings().num_embeddings == 1239
+    assert model.llm.get_output_embeddings().weight.shape[0] == 1239
+    model.save_pretrained(tmp_path / "ckpt")
+    torch.testing.assert_close(logits_of(mm.load_pretrained(tmp_path / "ckpt")), logits_of(model))
+
+
+def test_torch_dtype_on_load(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    model = mm.load_pretrained(tmp_path / "ckpt", torch_dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert logits_of(model).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown torch_dtype 'float99'"):
+        mm.load_pretrained(tmp_path / "ckpt", torch_dtype="float99")
+
+
+def test_loading_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        mm.load_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither an mm checkpoint"):
+        mm.load_pretrained(tmp_path / "empty")
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "mm_config.json").read_text())
+    (tmp_path / "ckpt" / "mm_config.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version 99"):
+        mm.load_pretrained(tmp_path / "ckpt")
+
+
+def test_custom_code_needs_trust_remote_code(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "mm_config.json"
+    config = json.loads(path.read_text())
+    config["llm"]["model_config"]["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        mm.load_pretrained(tmp_path / "ckpt")
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_json_round_trip_and_validation(tmp_path):
+    config = tiny_vlm_config("open_clip", "qwen2", "pixel_shuffle2x_mlp", chat_template="chat_template")
+    config.save_json(tmp_path / "c.json")
+    assert VLMConfig.load_json(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match=r"unknown VisionTowerConfig fields \['layer'\]"):
+        VLMConfig.from_dict({"vision": {"layer": 3}})
+    with pytest.raises(ValueError, match="image_transform='squash' is not one of"):
+        VLMConfig(image_transform="squash")
+    with pytest.raises(ValueError, match="no tiny vision tower 'vit'"):
+        tiny_vlm_config(vision="vit")
+
+
+# ----------------------------------------------------------------------------- shipped tokenizer
+def test_shipped_tokenizer_is_rebuilt_identically(tmp_path):
+    from mm.assets.build_tokenizer import build
+
+    build(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (tmp_path / name).read_text() == (TOKENIZER_DIR / name).read_text(), name
+
+
+def test_shipped_tokenizer_properties():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    assert tok.is_fast
+    for name in ("llama", "qwen2"):
+        assert json.loads(tiny_config_path(name).read_text())["vocab_size"] == len(tok)
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<|im_start|>", "<|im_end|>"]
+    assert tok.convert_tokens_to_ids(specials) == list(range(7))
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
+    text = "USER: <image>\nWhat color is the star? ASSISTANT: Purple, naïve 日本 🙂</s>"
+    encoded = tok(text, return_offsets_mapping=True)
+    assert encoded.input_ids[0] == tok.bos_token_id
+    assert tok.decode(encoded.input_ids[1:]) == text  # byte-level: anything round-trips
+    assert encoded.input_ids.count(tok.convert_tokens_to_ids("<image>")) == 1
+    assert text[slice(*encoded.offset_mapping[1])] == "USER"
+    # the synthetic-scene vocabulary is made of whole tokens
+    for word in ("circle", "square", "triangle", "purple", "yellow", "left", "below", "How", "many"):
+        assert len(tok(" " + word, add_special_tokens=False).input_ids) == 1, word
+    assert len(tok.get_vocab()) < 4096
+
+
+def test_shipped_tokenizer_chat_template_is_chatml():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Is there a star?"}], tokenize=False,
+                                       add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nIs there a star?<|im_end|>\n<|im_start|>assistant\n"
+    )
