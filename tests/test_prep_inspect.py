@@ -1,0 +1,57 @@
+"""mm-prep inspect: statistics and the HTML contact sheet."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+
+from PIL import Image
+
+from data_prep.cli import main
+
+
+def test_inspect_counts_and_contact_sheet(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    png = io.BytesIO()
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(png, "PNG")
+    (images / "x.png").write_bytes(png.getvalue())
+    records = [
+        {"id": "t", "conversations": [{"from": "human", "value": "ab"}, {"from": "gpt", "value": "cde"},
+                                      {"from": "human", "value": "f"}, {"from": "gpt", "value": "g"}]},
+        {"id": "one", "image": "x.png", "conversations": [{"from": "human", "value": "<image>\n<b>?"},
+                                                          {"from": "gpt", "value": "1 < 2"}]},
+        {"id": "two", "image": ["x.png", "x.png"],
+         "conversations": [{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "same"}]},
+        {"id": "bad", "conversations": []},
+    ]  # fmt: skip
+    (tmp_path / "mix.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    assert main(["llava", "--annotations", str(tmp_path / "mix.json"), "--image-root", str(images), "--out", str(out),
+                 "--workers", "1", "--no-progress", "--samples-per-shard", "2"]) == 0  # fmt: skip
+    capsys.readouterr()
+    sheet = tmp_path / "sheet.html"
+    assert main(["inspect", str(out), "--json", "--dump", "3", "--dump-out", str(sheet)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[: printed.rindex("}") + 1])
+    assert report["num_samples"] == 3 and report["num_images"] == 3 and report["num_shards"] == 2
+    assert report["sources"] == {"mix": 3}
+    assert report["images_per_sample"] == {"0": 1, "1": 1, "2": 1}
+    assert report["image_formats"] == {"png": 3}
+    assert report["turns"] == {"min": 1, "mean": 1.33, "median": 1, "p95": 2, "max": 2}
+    # characters per sample: 2+3+1+1 = 7, 12+5 = 17, 14+4 = 18
+    assert report["characters"] == {"min": 7, "mean": 14.0, "median": 17, "p95": 18, "max": 18}
+    assert report["rejected_by_reason"] == {"empty_conversation": 1}
+    page = sheet.read_text()
+    assert page.count("<tr>") == 3 and page.startswith("<!DOCTYPE html>")
+    assert html.escape("<b>?") in page and "<b>?" not in page and html.escape("1 < 2") in page
+    assert page.count(f'src="data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}"') == 3
+    assert page.count("(text only)") == 1
+    assert not list(tmp_path.glob(".sheet.html.tmp*"))
+
+
+def test_inspect_missing_directory(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope")]) == 1
+    assert "is not a directory" in capsys.readouterr().err
