@@ -70,7 +70,9 @@ class VisionLanguageModel(nn.Module):
     # ----------------------------------------------------------------- embedding
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(N, 3, S, S)` -> `(N, tokens_per_image, llm hidden)`."""
-        return self.projector(self.vision_tower(pixel_values))
+        features = self.vision_tower(pixel_values)
+        projector_dtype = next(self.projector.parameters()).dtype
+        return self.projector(features.to(projector_dtype))
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with each image's projected features written over its placeholders."""
