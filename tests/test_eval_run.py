@@ -1,0 +1,163 @@
+"""End to end on the tiny model: batching parity, resume after a crash, run record, scoring."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.cli import main
+from eval.tiny_bench import write_tiny_vqa_benchmark
+
+MAX_NEW = "6"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import mm
+    from mm.tiny import tiny_vlm_config
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("eval_run")
+    mm.build_vlm(tiny_vlm_config()).save_pretrained(root / "ckpt")
+    options = write_tiny_vqa_benchmark(root / "bench", num_images=6, questions_per_image=2)
+    return root, options
+
+
+def _run(setup, out, *extra):
+    root, options = setup
+    argv = ["run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2", "--out", str(out), "--device", "cpu",
+            "--max-new-tokens", MAX_NEW, "--image-workers", "1",
+            "--questions", options["questions"], "--annotations", options["annotations"],
+            "--image-root", options["image_root"], *extra]
+    assert main(argv) == 0
+
+
+def _answers(out) -> dict:
+    lines = (Path(out) / "predictions.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    ids = [r["question_id"] for r in records]
+    assert len(ids) == len(set(ids)), "duplicate predictions"
+    return {r["question_id"]: r["text"] for r in records}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    out = setup[0] / "batch8"
+    _run(setup, out, "--batch-size", "8")
+    return out, _answers(out)
+
+
+def test_batch_1_and_8_identical(setup, reference):
+    out1 = setup[0] / "batch1"
+    _run(setup, out1, "--batch-size", "1")
+    assert _answers(out1) == reference[1]
+    assert len(reference[1]) == 12
+
+
+def test_outputs_and_run_record(setup, reference):
+    out, answers = reference
+    record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert set(record) == {"question_id", "prompt", "text", "model_id", "metadata"}
+    assert record["prompt"].endswith("\nAnswer the question using a single word or phrase.")
+    run = json.loads((out / "run.json").read_text())
+    assert run["task"] == "vqav2" and run["prompt_template"] == "vicuna_v1"
+    assert run["generation"]["batch_size"] == 8 and run["generation"]["max_new_tokens"] == 6
+    assert run["generation"]["dtype"] == "float32" and run["mm_version"]
+    assert run["model"]["config"]["chat_template"] == "vicuna_v1"
+    assert set(run["data_files"]) == {"questions", "annotations", "image_root"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_questions"] == 12 and metrics["missing"] == 0
+    assert metrics["overall"] == run["metrics_overall"]
+    assert (out / "metrics.md").read_text().startswith("# vqav2")
+
+
+def test_resume_from_partial_file_with_torn_line(setup, reference):
+    out = setup[0] / "resume"
+    out.mkdir()
+    kept = list(reference[1])[:3]
+    # Pre-written answers (deliberately not what the model says) must be kept, not redone.
+    lines = [json.dumps({"question_id": q, "prompt": "", "text": "KEPT", "model_id": "x", "metadata": {}}) for q in kept]
+    torn = '{"question_id": %d, "prompt": "", "te' % list(reference[1])[3]
+    (out / "predictions.jsonl").write_text("\n".join(lines) + "\n" + torn)
+    _run(setup, out, "--batch-size", "4")
+    answers = _answers(out)
+    assert set(answers) == set(reference[1])
+    assert all(answers[q] == "KEPT" for q in kept)
+    assert all(answers[q] == reference[1][q] for q in answers if q not in kept)
+
+
+def test_resume_after_crash_mid_run(setup, reference, monkeypatch):
+    from eval import runner
+
+    out = setup[0] / "crash"
+    real = runner.Generator.answer
+    calls = {"n": 0}
+
+    def crash_on_third_batch(self, batch, pixels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real(self, batch, pixels)
+
+    monkeypatch.setattr(runner.Generator, "answer", crash_on_third_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(setup, out, "--batch-size", "2")
+    assert len(_answers(out)) == 4  # two batches landed before the crash
+    monkeypatch.setattr(runner.Generator, "answer", real)
+    _run(setup, out, "--batch-size", "2")
+    assert _answers(out) == reference[1]
+
+
+def test_resume_refuses_other_settings(setup, reference):
+    root, options = setup
+    argv = ["run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2", "--out", str(reference[0]),
+            "--device", "cpu", "--max-new-tokens", "9", "--questions", options["questions"],
+            "--annotations", options["annotations"], "--image-root", options["image_root"]]
+    assert main(argv) == 2
+
+
+def test_missing_image_is_a_clear_error(setup, tmp_path, capsys):
+    root, options = setup
+    argv = ["run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2", "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--questions", options["questions"], "--annotations", options["annotations"],
+            "--image-root", str(tmp_path / "nowhere")]
+    assert main(argv) == 2
+    assert "image not found" in capsys.readouterr().err
+
+
+def test_score_and_compare(setup, reference, tmp_path, capsys):
+    root, options = setup
+    out, answers = reference
+    assert main(["score", "--task", "vqav2", "--predictions", str(out / "predictions.jsonl"), "--out", str(tmp_path / "s"),
+                 "--questions", options["questions"], "--annotations", options["annotations"]]) == 0
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["overall"] == \
+        json.loads((out / "metrics.json").read_text())["overall"]
+    capsys.readouterr()
+    assert main(["compare", str(out), str(tmp_path / "s")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| run | vqav2 |" and len(table) == 4
+
+
+def test_two_process_gloo_run_gathers_every_id_once(setup, reference):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root, options = setup
+    out = root / "ddp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "eval.cli", "run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2",
+           "--out", str(out), "--device", "cpu", "--max-new-tokens", MAX_NEW, "--batch-size", "4",
+           "--image-workers", "1", "--questions", options["questions"], "--annotations", options["annotations"],
+           "--image-root", options["image_root"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _answers(out) == reference[1]
+    assert not list(out.glob("predictions.rank*.jsonl"))
+    assert json.loads((out / "run.json").read_text())["generation"]["world_size"] == 2
