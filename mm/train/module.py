@@ -72,10 +72,7 @@ class VLMTrainingModule(L.LightningModule):
         pixel_values = batch.get("pixel_values")
         if pixel_values is not None:
             pixel_values = self.image_transform.normalize(pixel_values)
-        if "segment_ids" in batch:
-            attention_mask = packed_attention_mask(batch["segment_ids"])
-        else:
-            attention_mask = batch["attention_mask"]
+        attention_mask = self._packed_mask(batch["segment_ids"]) if "segment_ids" in batch else batch["attention_mask"]
         return self.vlm(
             input_ids=batch["input_ids"],
             pixel_values=pixel_values,
@@ -84,6 +81,21 @@ class VLMTrainingModule(L.LightningModule):
             position_ids=batch.get("position_ids"),
             num_items_in_batch=num_items_in_batch,
         )
+
+    def _packed_mask(self, segment_ids: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample mask in the form the LLM's attention backend takes (transformers passes 4-D
+        masks through unchanged): boolean for sdpa, additive for eager; flash attention takes none and
+        finds the samples from the restarting `position_ids`."""
+        backend = self.vlm.llm.config._attn_implementation
+        if backend.startswith("flash_attention"):
+            return None
+        mask = packed_attention_mask(segment_ids)
+        if backend == "sdpa":
+            return mask
+        if backend == "eager":
+            dtype = self.vlm.llm.get_input_embeddings().weight.dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        raise ValueError(f"packing is not supported with attention backend {backend!r}; use sdpa, eager or flash_attention_2")
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op="sum") if self.trainer.world_size > 1 else tensor
