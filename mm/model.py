@@ -48,6 +48,13 @@ class VisionLanguageModel(nn.Module):
             tower.image_size, tuple(tower.image_mean), tuple(tower.image_std), self.config.image_transform
         )
 
+    def make_image_transform(self):
+        """The `mm.transforms.ImageTransform` that prepares images for this model."""
+        from mm.transforms import ImageTransform
+
+        cfg = self.image_transform_config
+        return ImageTransform(image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, mode=cfg.mode)
+
     @property
     def device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device
