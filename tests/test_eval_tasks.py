@@ -139,3 +139,30 @@ def test_question_without_annotation_is_an_error(tmp_path):
     opts = _options("vqav2", questions=str(FIX / "vqav2/questions.json"), annotations=str(bad))
     with pytest.raises(TaskDataError, match="has no annotation"):
         get_task("vqav2").read(opts)
+
+
+SYNTH = FIX / "synth"
+
+
+def _score_file(name, options, predictions):
+    task = get_task(name)
+    questions = task.read(options)
+    return questions, score_predictions(task, options, questions, read_predictions(predictions))
+
+
+def test_synth_vqa_reports_chance_next_to_accuracy():
+    questions, m = _score_file("synth_vqa", _options("synth_vqa", data=str(SYNTH)), SYNTH / "vqa_predictions.jsonl")
+    assert questions[0].images == (SYNTH / "eval/images/000000000001.png",)
+    # red -> 1, two -> "2" -> 1, green vs blue -> 0
+    assert m["overall"] == 66.67
+    assert m["vs_chance"] == {"color": {"accuracy": 50.0, "chance": 12.5}, "count": {"accuracy": 100.0, "chance": 20.0}}
+    assert m["chance_overall"] == 15.0
+
+
+def test_synth_pope_and_mc():
+    _, m = _score_file("synth_pope", _options("synth_pope", data=str(SYNTH)), SYNTH / "pope_predictions.jsonl")
+    assert m["splits"]["random"]["f1"] == 1.0 and m["splits"]["adversarial"]["f1"] == 0.0
+    assert m["overall"] == 66.67
+    questions, m = _score_file("synth_mc", _options("synth_mc", data=str(SYNTH)), SYNTH / "mc_predictions.jsonl")
+    assert questions[1].images == (SYNTH / "eval/images/000000000002.png",)
+    assert m["overall"] == 50.0 and m["per_question_type"] == {"color": 100.0, "count": 0.0}
