@@ -161,3 +161,18 @@ def test_two_process_gloo_run_gathers_every_id_once(setup, reference):
     assert _answers(out) == reference[1]
     assert not list(out.glob("predictions.rank*.jsonl"))
     assert json.loads((out / "run.json").read_text())["generation"]["world_size"] == 2
+
+
+def test_suite_runs_synth_tasks_and_writes_summary(setup, tmp_path):
+    root, _ = setup
+    synth = Path(__file__).parent / "fixtures" / "eval" / "synth"
+    suite = Path(__file__).parents[1] / "eval" / "suites" / "synth.yaml"
+    argv = ["suite", "--config", str(suite), "--data", str(synth), "--checkpoint", str(root / "ckpt"),
+            "--out", str(tmp_path / "s"), "--device", "cpu", "--max-new-tokens", "3", "--image-workers", "1"]
+    assert main(argv) == 0
+    for name, count in (("synth_vqa", 3), ("synth_pope", 6), ("synth_mc", 2)):
+        metrics = json.loads((tmp_path / "s" / name / "metrics.json").read_text())
+        assert metrics["num_questions"] == count and metrics["missing"] == 0
+        assert json.loads((tmp_path / "s" / name / "run.json").read_text())["task"] == name
+    summary = (tmp_path / "s" / "summary.md").read_text().splitlines()
+    assert summary[0] == "| run | synth_mc | synth_pope | synth_vqa |"
