@@ -1,0 +1,106 @@
+"""The benchmark scripts' quick paths at their smallest sizes, so they do not rot (not a speed test)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_dataload  # noqa: E402
+import bench_train_step  # noqa: E402
+import common  # noqa: E402
+import run_all  # noqa: E402
+import train_mix  # noqa: E402
+from mm.data.samples import Sample  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _printed_result(capsys) -> dict:
+    lines = [common.parse_result_line(line) for line in capsys.readouterr().out.splitlines()]
+    results = [r for r in lines if r is not None]
+    assert len(results) == 1, "a script prints exactly one result line"
+    return results[0]
+
+
+def test_dataload_smallest(tmp_path, capsys):
+    result = bench_dataload.main(["--images", "4", "--batch-size", "3", "--rounds", "1", "--warmup", "0",
+                                  "--workdir", str(tmp_path)])
+    assert _printed_result(capsys) == json.loads(json.dumps(result))
+    assert result["images"] == 4 and result["ours"] > 0
+    assert set(result["reference"]) == {"LLaVA-1.5: files + CLIPImageProcessor", "LLaVA-1.5: files + CLIPImageProcessorPil"}
+    assert result["ratio"] == pytest.approx(result["ours"] / max(result["reference"].values()), rel=1e-2)
+    assert result["met"] == (result["ratio"] >= result["target"])
+    # Both paths letterbox the same pixels: their outputs differ by resampling rounding only.
+    assert result["mean_abs_pixel_gap"] < 1.0
+    assert list(tmp_path.iterdir()) == [], "the generated images are removed"
+
+
+def test_photo_like_jpeg_is_coco_sized():
+    data = bench_dataload.photo_like_jpeg(__import__("numpy").random.default_rng(0), 640, 480)
+    assert data[:2] == b"\xff\xd8" and 80_000 < len(data) < 200_000
+
+
+def test_train_step_smallest(capsys):
+    result = bench_train_step.main(["--batch-size", "2", "--steps-per-round", "1", "--rounds", "1", "--warmup", "0",
+                                    "--max-length", "600"])
+    assert _printed_result(capsys)["ratio"] == result["ratio"]
+    losses = list(result["losses"].values())
+    assert len(losses) == 3 and max(losses) - min(losses) < 1e-3  # identical weights, identical targets
+    assert result["ours_tokens_per_s"] > 0 and result["reference_tokens_per_s"] > 0
+    assert result["mfu"] is None  # no peak known on CPU
+
+
+def test_flop_counter_by_hand():
+    counter = bench_train_step.FlopCounter(llm_params=10, projector_params=2, tower_params=3,
+                                           tower_tokens_per_image=5, projector_tokens_per_image=4)
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    samples = [Sample([1] * 7, [-100] * 7, [image]), Sample([1] * 3, [-100] * 3, [])]
+    # 6*10*(7+3) + 6*2*(1 image * 4 tokens) + 2*3*(1 image * 5 tokens)
+    assert counter(samples) == 600 + 48 + 30
+
+
+def test_supervised_tokens_skip_the_first_label():
+    assert train_mix.supervised_tokens(Sample([1, 2, 3, 4], [5, -100, 7, 8], [])) == 2
+
+
+def test_llava_batches_never_mix_modalities():
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    samples = [Sample([1], [1], [image] if i % 3 else [], key=str(i)) for i in range(30)]
+    batches = train_mix.llava_batches(samples, 4, seed=0)
+    assert len(batches) == 5 + 2  # 20 image samples, 10 text-only: full batches only
+    assert all(len({bool(s.images) for s in batch}) == 1 for batch in batches)
+
+
+def test_run_all_reports_missing_and_rewrites_only_the_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_all, "BENCH_DIR", tmp_path)
+    outcome = run_all.run_script("bench_nothing.py", [], timeout=5)
+    assert outcome.status == "missing"
+    (tmp_path / "bench_fail.py").write_text("import sys; print('boom'); sys.exit(3)")
+    failed = run_all.run_script("bench_fail.py", [], timeout=30)
+    assert failed.status == "failed" and "exit status 3" in failed.detail
+    section = run_all.figures_section([outcome], "cmd")
+    document = f"# B\n\nintro\n\n{run_all.MD_START}\nold\n{run_all.MD_END}\n\n## After\n"
+    rewritten = run_all.replace_figures(document, section)
+    assert rewritten.startswith("# B\n\nintro\n\n") and rewritten.endswith("\n\n## After\n")
+    assert "old" not in rewritten and "| bench_nothing.py | - | - | missing |" in rewritten
+    with pytest.raises(ValueError, match="markers"):
+        run_all.replace_figures(f"{run_all.MD_END}\n{run_all.MD_START}", section)
+
+
+def test_parse_result_line_ignores_other_output():
+    assert common.parse_result_line('{"bench": "x", "ratio": 1}') == {"bench": "x", "ratio": 1}
+    assert common.parse_result_line('{"loss": 1}') is None
+    assert common.parse_result_line("{not json") is None
+    assert common.parse_result_line("path  images/s") is None
