@@ -155,7 +155,8 @@ def generate_predictions(generator: Generator, questions: Sequence[Question], ou
             append_predictions(target, (
                 {"question_id": q.question_id, "prompt": q.prompt, "text": text, "model_id": model_id,
                  "metadata": {"task": task_name}} for q, text in zip(batch, texts)))
-            log.info("rank %d: %d/%d batches", ranks.rank, index + 1, len(planned))
+            if (index + 1) % max(1, len(planned) // 10) == 0 or index + 1 == len(planned):
+                log.info("rank %d: %d/%d batches", ranks.rank, index + 1, len(planned))
     seconds = time.perf_counter() - start
     barrier()
     if ranks.world_size > 1 and ranks.rank == 0:
