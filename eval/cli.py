@@ -47,13 +47,13 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare_model(args):
-    from eval.pipeline import default_device, load_model
+    from eval.pipeline import load_model, pick_device
     from eval.runner import GenerationSettings
 
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
         raise TaskDataError("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
     ranks = Ranks.from_env()
-    device = args.device or default_device(ranks)
+    device = pick_device(args.device, ranks)
     init_process_group(ranks, device)
     model, dtype = load_model(args.checkpoint, device, args.dtype, args.trust_remote_code)
     settings = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,

@@ -55,12 +55,19 @@ def load_model(checkpoint: str, device: str, dtype_name: str | None, trust_remot
     return model.to(device).eval(), dtype
 
 
-def default_device(ranks: Ranks) -> str:
+def pick_device(requested: str | None, ranks: Ranks) -> str:
+    """The requested device (default: cuda when there is one); under torchrun each rank takes the GPU
+    of its LOCAL_RANK."""
+    import os
+
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', ranks.rank))}" if ranks.world_size > 1 else "cuda"
-    return "cpu"
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and ranks.world_size > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', ranks.rank))}"
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
+    return device
 
 
 def _check_resumable(out_dir: Path, record: dict) -> None:
