@@ -68,10 +68,11 @@ def load_pretrained(path: str | os.PathLike, *, trust_remote_code: bool = False,
 
 
 def _load_ours(directory: Path, trust_remote_code: bool):
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
 
     from mm.builder import build_vlm
     from mm.llm import load_tokenizer
+    from mm.weights import assign_state_dict, parameters_on_meta
 
     payload = json.loads((directory / CONFIG_NAME).read_text())
     version = payload.pop("format_version", None)
@@ -80,9 +81,10 @@ def _load_ours(directory: Path, trust_remote_code: bool):
         raise ValueError(f"{directory}: checkpoint format_version {version!r}, this mm reads {FORMAT_VERSION}")
     config = VLMConfig.from_dict(payload)
     tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
-    model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
-    load_model(model, str(directory / WEIGHTS_NAME), strict=True)
-    return model
+    with parameters_on_meta():
+        model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    assign_state_dict(model, load_file(str(directory / WEIGHTS_NAME)), str(directory))
+    return model.set_trainable(vision=False, projector=True, llm=True)
 
 
 def _is_llava_dir(directory: Path) -> bool:

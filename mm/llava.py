@@ -30,20 +30,18 @@ def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
     from mm.builder import build_vlm
+    from mm.weights import assign_state_dict, parameters_on_meta
 
     directory = Path(directory)
     llava_config = LlavaConfig.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     config = vlm_config_from_llava(llava_config, tokenizer, directory)
     llava = LlavaForConditionalGeneration.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    with parameters_on_meta():
+        model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
     state = _llava_to_ours(llava.state_dict(), _llm_prefix(model.llm))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not _is_tied(model.llm, k)]
-    if missing or unexpected:
-        raise ValueError(f"{directory}: weights do not map onto the model: missing {missing}, unexpected {unexpected}")
-    model.llm.tie_weights()
-    return model
+    assign_state_dict(model, state, str(directory))
+    return model.set_trainable(vision=False, projector=True, llm=True)
 
 
 def vlm_config_from_llava(llava_config, tokenizer, directory: Path) -> VLMConfig:
@@ -177,10 +175,6 @@ def _processor_for(model, llava_config):
 def _llm_prefix(llm) -> str:
     """Attribute of the `*ForCausalLM` holding the base model (`model` for Llama, Qwen2, Mistral, ...)."""
     return llm.base_model_prefix
-
-
-def _is_tied(llm, key: str) -> bool:
-    return key == "llm.lm_head.weight" and bool(getattr(llm.config, "tie_word_embeddings", False))
 
 
 def _processor_normalisation(directory: Path) -> tuple[list[float] | None, list[float] | None]:

@@ -30,6 +30,13 @@ def test_round_trip_gives_the_same_logits(tmp_path, vision, llm, projector):
     assert loaded.config.chat_template == "plain" and loaded.image_transform_config == model.image_transform_config
     assert loaded.tokens_per_image == model.tokens_per_image and loaded.image_token_id == model.image_token_id
     assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    # parameters were built on the meta device and replaced by the stored tensors: none may be left behind,
+    # tied embeddings stay one Parameter, and the default trainable parts are restored
+    assert {t.device.type for t in [*loaded.parameters(), *loaded.buffers()]} == {"cpu"}
+    tied = loaded.llm.get_output_embeddings().weight is loaded.llm.get_input_embeddings().weight
+    assert tied == (llm == "qwen2")
+    assert [p.requires_grad for p in loaded.vision_tower.parameters()] == [False] * len(list(loaded.vision_tower.parameters()))
+    assert all(p.requires_grad for p in [*loaded.projector.parameters(), *loaded.llm.parameters()])
 
 
 def test_checkpoint_is_self_contained_and_pickle_free(tmp_path):
@@ -74,6 +81,20 @@ def test_new_image_token_grows_the_embeddings_and_survives_saving(tmp_path):
     assert model.llm.get_output_embeddings().weight.shape[0] == 1239
     model.save_pretrained(tmp_path / "ckpt")
     torch.testing.assert_close(logits_of(mm.load_pretrained(tmp_path / "ckpt")), logits_of(model))
+
+
+def test_missing_or_extra_weights_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if k != "projector.linear_2.bias"}, weights)
+    with pytest.raises(ValueError, match=r"missing \['projector.linear_2.bias'\]"):
+        mm.load_pretrained(tmp_path / "ckpt")
+    save_file({**state, "projector.extra": torch.zeros(1)}, weights)
+    with pytest.raises(ValueError, match=r"unexpected \['projector.extra'\]"):
+        mm.load_pretrained(tmp_path / "ckpt")
 
 
 def test_torch_dtype_on_load(tmp_path):
