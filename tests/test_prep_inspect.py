@@ -55,3 +55,21 @@ def test_inspect_counts_and_contact_sheet(tmp_path, capsys):
 def test_inspect_missing_directory(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope")]) == 1
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_token_statistics_with_a_local_tokenizer(tmp_path, capsys):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = Path(__file__).resolve().parent.parent / "mm" / "assets" / "tokenizer"
+    record = {"id": 1, "conversations": [{"from": "human", "value": "what is this"}, {"from": "gpt", "value": "a cat"}]}
+    (tmp_path / "t.json").write_text(json.dumps([record]))
+    out = tmp_path / "out"
+    assert main(["llava", "--annotations", str(tmp_path / "t.json"), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json", "--tokenizer", str(tokenizer_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    expected = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ("what is this", "a cat"))
+    assert report["tokens"]["max"] == report["tokens"]["min"] == expected > 2

@@ -252,3 +252,30 @@ def test_max_image_side_reencodes_only_large_images(tmp_path):
     assert big.record["image_sizes"] == [[64, 32]] and big.record["meta"]["resized"] == [{"image": 0, "from": [200, 100]}]
     assert Image.open(io.BytesIO(big.images[0])).size == (64, 32) and big.record["images"] == ["img0.jpg"]
     assert read["small"].images[0] == (root / "small.png").read_bytes() and "resized" not in read["small"].record["meta"]
+
+
+@pytest.mark.parametrize(("name", "size"), [("a.json", 0), ("k" * 80 + ".img12.jpeg", 123_456_789), ("x-1_y.img0.png", 511)])
+def test_tar_headers_equal_tarfiles(name, size):
+    import tarfile
+
+    from data_prep.shards import ustar_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
+def test_shards_are_standard_tars_with_matching_checksums(dataset, tmp_path):
+    import tarfile
+    import zlib
+
+    annotations, root, _ = dataset
+    out = tmp_path / "out"
+    result = run(annotations, root, out, samples_per_shard=3)
+    for shard in result.manifest["shards"]:
+        data = (out / shard["name"]).read_bytes()
+        assert f"{zlib.crc32(data):08x}" == shard["crc32"] and len(data) % tarfile.RECORDSIZE == 0
+        with tarfile.open(out / shard["name"]) as tar:
+            members = tar.getmembers()
+        assert all(m.isfile() and m.mtime == 0 and m.mode == 0o644 for m in members)
+        assert sum(m.name.endswith(".json") for m in members) == shard["num_samples"]
