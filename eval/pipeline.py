@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from eval.distributed import Ranks, init_process_group
+from eval.distributed import Ranks, barrier
 from eval.predictions import read_predictions
 from eval.report import compare_markdown, metrics_markdown, write_json_atomic, write_text_atomic
 from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype
@@ -80,11 +80,29 @@ def _check_resumable(out_dir: Path, record: dict) -> None:
         raise TaskDataError(f"{out_dir} holds a run with different {changed}; use a new --out to keep answers apart")
 
 
+def run_record(model, dtype, checkpoint: str, task_name: str, options, settings: GenerationSettings, *,
+               limit: int | None, device: str, ranks: Ranks, num_questions: int) -> dict:
+    """What run.json records: model, task, data, prompt template, generation settings, versions."""
+    import mm
+
+    checkpoint_path = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint
+    dtype_name = str(dtype).replace("torch.", "")
+    return {
+        "resume": {"task": task_name, "data": asdict(options), "checkpoint": checkpoint_path,
+                   "prompt_template": settings.template, "max_new_tokens": settings.max_new_tokens, "dtype": dtype_name},
+        "status": "running", "mm_version": mm.__version__, "command": sys.argv,
+        "model": {"checkpoint": checkpoint_path, "config": model.config.to_dict()},
+        "task": task_name, "data_files": file_options(options), "data": asdict(options),
+        "prompt_template": settings.template,
+        "generation": {"greedy": True, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+                       "dtype": dtype_name, "device": device, "world_size": ranks.world_size},
+        "limit": limit, "num_questions": num_questions,
+    }
+
+
 def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: str | Path, settings: GenerationSettings,
              *, limit: int | None = None, device: str = "cpu", ranks: Ranks = Ranks()) -> dict | None:
     """Generate (resuming) and score one task; rank 0 writes run.json and metrics. Returns metrics on rank 0."""
-    import mm
-
     task = get_task(task_name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,27 +110,20 @@ def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: st
     questions = task.read(options)
     if limit is not None:
         questions = questions[:limit]
-    resume = {"task": task_name, "data": asdict(options), "checkpoint": str(Path(checkpoint).resolve()),
-              "prompt_template": settings.template, "max_new_tokens": settings.max_new_tokens, "dtype": str(dtype)}
-    record = {"resume": resume}
+    record = run_record(model, dtype, checkpoint, task_name, options, settings, limit=limit, device=device,
+                        ranks=ranks, num_questions=len(questions))
+    _check_resumable(out_dir, record)  # every rank, so all stop together
+    barrier()
     if ranks.rank == 0:
-        _check_resumable(out_dir, record)
+        # Written before generating, so a crashed run can still be checked when it is resumed.
+        write_json_atomic(out_dir / "run.json", record)
     timings = generate_predictions(Generator(model, settings, dtype), questions, out_dir, ranks,
                                    model_id=Path(checkpoint).name, task_name=task_name)
     if ranks.rank != 0:
         return None
     metrics = score_task(task_name, options, out_dir / "predictions.jsonl", out_dir, questions=questions)
-    record.update({
-        "mm_version": mm.__version__, "command": sys.argv,
-        "model": {"checkpoint": resume["checkpoint"], "config": model.config.to_dict()},
-        "task": task_name, "data_files": file_options(options), "data": asdict(options),
-        "prompt_template": settings.template,
-        "generation": {"greedy": True, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
-                       "dtype": str(dtype).replace("torch.", ""), "device": device, "world_size": ranks.world_size},
-        "limit": limit, "num_questions": len(questions),
-        "timings": {**timings, "wall_seconds": round(time.time() - started, 3)},
-        "metrics_overall": metrics["overall"],
-    })
+    record.update({"status": "complete", "timings": {**timings, "wall_seconds": round(time.time() - started, 3)},
+                   "metrics_overall": metrics["overall"]})
     write_json_atomic(out_dir / "run.json", record)
     return metrics
 

@@ -17,11 +17,14 @@ def setup(tmp_path_factory):
     import mm
     from mm.tiny import tiny_vlm_config
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared; tiny shapes gain nothing from more
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("eval_run")
     mm.build_vlm(tiny_vlm_config()).save_pretrained(root / "ckpt")
     options = write_tiny_vqa_benchmark(root / "bench", num_images=6, questions_per_image=2)
-    return root, options
+    yield root, options
+    torch.set_num_threads(threads)
 
 
 def _run(setup, out, *extra):
@@ -104,9 +107,16 @@ def test_resume_after_crash_mid_run(setup, reference, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(setup, out, "--batch-size", "2")
     assert len(_answers(out)) == 4  # two batches landed before the crash
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
     monkeypatch.setattr(runner.Generator, "answer", real)
+    root, options = setup
+    other = ["run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2", "--out", str(out), "--device", "cpu",
+             "--max-new-tokens", "9", "--questions", options["questions"], "--annotations", options["annotations"],
+             "--image-root", options["image_root"]]
+    assert main(other) == 2  # the crashed run's settings are on record: no mixing
     _run(setup, out, "--batch-size", "2")
     assert _answers(out) == reference[1]
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
 def test_resume_refuses_other_settings(setup, reference):
