@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from tqdm import tqdm
@@ -73,10 +74,10 @@ class ConvertOptions:
             raise ValueError(f"unknown check mode {self.check!r}; valid: {', '.join(CHECK_MODES)}")
 
 
-def _stat_images(samples: list[Sample]) -> tuple[list[Sample], list[Rejection], dict[int, int]]:
+def _stat_images(samples: list[Sample], progress: bool) -> tuple[list[Sample], list[Rejection], dict[int, int]]:
     """Reject samples with a missing image file; return the rest and each sample's image bytes."""
     kept, rejected, image_bytes = [], [], {}
-    for sample in samples:
+    for sample in tqdm(samples, desc="checking files", unit="sample", disable=not progress, dynamic_ncols=True):
         total = 0
         try:
             for ref in sample.images:
@@ -84,7 +85,7 @@ def _stat_images(samples: list[Sample]) -> tuple[list[Sample], list[Rejection], 
                     total += len(ref.data)
                     continue
                 stat = os.stat(ref.path)
-                if not os.path.isfile(ref.path):
+                if not S_ISREG(stat.st_mode):
                     raise FileNotFoundError(f"{ref.name!r} is not a regular file")
                 total += stat.st_size
         except OSError as error:
@@ -213,7 +214,7 @@ def convert(samples: list[Sample], rejections: list[Rejection], options: Convert
     """Write `samples` as shards in `options.out_dir`; `rejections` are the converter's own."""
     start = time.perf_counter()
     out_dir = Path(options.out_dir)
-    samples, missing, image_bytes = _stat_images(samples)
+    samples, missing, image_bytes = _stat_images(samples, options.progress)
     shards = plan_shards(samples, image_bytes, options)
     names = [f"shard-{i:06d}.tar" for i in range(len(shards))]
     fingerprints = [_fingerprint(shard, image_bytes, options) for shard in shards]
