@@ -33,7 +33,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1.0 and value != 0.0 else f"{value:.2f}"
+        # Fractions (POPE's, as LLaVA prints them) keep 4 decimals; percentages and totals 2.
+        return f"{value:.4f}" if abs(value) <= 1.0 else f"{value:.2f}"
     return str(value).replace("|", "\\|")
 
 
