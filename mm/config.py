@@ -25,7 +25,7 @@ class VisionTowerConfig:
     pretrained: str | None = None
     """open_clip only: pretrained tag (e.g. `openai`) or a local weights file."""
     model_config: dict[str, Any] | None = None
-    """Inline architecture config; when set it wins over `name_or_path` for the architecture."""
+    """Inline architecture, recorded in checkpoints so they rebuild offline (weights then come from the checkpoint)."""
     select_layer: int = -2
     """Hidden-state index whose features are used (0 = embeddings, -1 = last block, -2 = penultimate)."""
     keep_prefix_tokens: bool = False
@@ -53,7 +53,7 @@ class LLMConfig:
     name_or_path: str = "lmsys/vicuna-7b-v1.5"
     """Hub id, local directory (weights are loaded) or config JSON path (random init)."""
     model_config: dict[str, Any] | None = None
-    """Inline transformers config dict; when set the LLM is built from it without weights."""
+    """Inline transformers config, recorded in checkpoints so they rebuild offline (weights from the checkpoint)."""
     tokenizer: str | None = None
     """Tokenizer hub id or directory; None = `name_or_path`."""
     attn_implementation: str = "sdpa"

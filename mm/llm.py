@@ -14,16 +14,26 @@ log = logging.getLogger(__name__)
 
 
 def build_llm(config: LLMConfig, *, load_weights: bool = True, trust_remote_code: bool = False) -> nn.Module:
-    """From an inline config or config JSON (random init), or a hub id / local directory (weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """From a hub id / local directory (weights), a config JSON (random init), or, when `load_weights` is
+    False (a checkpoint's weights follow), the inline `model_config`."""
+    from transformers import AutoModelForCausalLM
 
     common = {"attn_implementation": config.attn_implementation, "trust_remote_code": trust_remote_code}
-    if config.model_config is not None or config.name_or_path.endswith(".json"):
-        hf_config = _config_from_dict(_llm_arch(config), trust_remote_code)
+    if config.name_or_path.endswith(".json") or not load_weights:
+        hf_config = _config_from_dict(_llm_arch(config, load_weights), trust_remote_code)
         return AutoModelForCausalLM.from_config(hf_config, **common)
-    if not load_weights:
-        raise ValueError("building an LLM without weights needs an inline `model_config`")
+    refuse_llava_directory(config.name_or_path)
     return AutoModelForCausalLM.from_pretrained(config.name_or_path, dtype="auto", **common)
+
+
+def refuse_llava_directory(name_or_path: str) -> None:
+    """A llava-hf directory holds a whole VLM; its parts cannot be loaded one by one from it."""
+    config_path = os.path.join(name_or_path, "config.json")
+    if os.path.isfile(config_path):
+        from mm.vision.base import read_json
+
+        if read_json(config_path).get("model_type") == "llava":
+            raise ValueError(f"{name_or_path} is a llava-hf directory: load it whole with mm.load_pretrained")
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False):
@@ -78,9 +88,11 @@ def enable_activation_checkpointing(hf_model: nn.Module) -> None:
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _llm_arch(config: LLMConfig) -> dict:
-    if config.model_config is not None:
+def _llm_arch(config: LLMConfig, load_weights: bool) -> dict:
+    if not load_weights and config.model_config is not None:
         return config.model_config
+    if not config.name_or_path.endswith(".json"):
+        raise ValueError("building an LLM without weights needs an inline `model_config` or a config JSON")
     from mm.vision.base import read_json
 
     if not os.path.isfile(config.name_or_path):

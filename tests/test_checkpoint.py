@@ -183,3 +183,45 @@ def test_shipped_tokenizer_chat_template_is_chatml():
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nIs there a star?<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+# ----------------------------------------------------------------------------- building from sources
+def test_llm_from_a_local_directory_loads_its_weights(tmp_path):
+    import transformers
+
+    from mm.config import LLMConfig
+
+    arch = json.loads(tiny_config_path("llama").read_text())
+    torch.manual_seed(9)
+    llama = transformers.LlamaForCausalLM(transformers.AutoConfig.for_model(**arch)).eval()
+    llama.save_pretrained(tmp_path / "llm")
+    transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR)).save_pretrained(tmp_path / "llm")
+    config = tiny_vlm_config()
+    config.llm = LLMConfig(name_or_path=str(tmp_path / "llm"))
+    model = mm.build_vlm(config).eval()
+    ids = torch.tensor([[1, 300, 301, 302]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, llama(ids).logits)
+
+
+def test_a_saved_config_rebuilds_from_its_sources(tmp_path):
+    """mm_config.json records inline architectures, yet reusing it for a new run reads the named sources."""
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    config = VLMConfig.from_dict({k: v for k, v in json.loads((tmp_path / "ckpt" / "mm_config.json").read_text()).items()
+                                  if k not in ("format_version", "mm_version")})
+    model = mm.build_vlm(config)
+    assert model.tokens_per_image == 64 and model.llm.config.hidden_size == 128
+
+
+def test_parts_of_a_llava_directory_are_refused(tmp_path):
+    from mm.config import LLMConfig, VisionTowerConfig
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    config = tiny_vlm_config()
+    config.llm = LLMConfig(name_or_path=str(tmp_path))
+    with pytest.raises(ValueError, match="is a llava-hf directory: load it whole with mm.load_pretrained"):
+        mm.build_vlm(config)
+    config = tiny_vlm_config()
+    config.vision = VisionTowerConfig(kind="hf_clip", name_or_path=str(tmp_path))
+    with pytest.raises(ValueError, match="is a llava-hf directory"):
+        mm.build_vlm(config)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import torch
 
 from mm.config import VisionTowerConfig
+from mm.llm import refuse_llava_directory
 from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower, read_json
 
 
@@ -42,7 +42,9 @@ class HFVisionTower(VisionTower):
         encoder = getattr(self.model, "vision_model", self.model).encoder
         self.block_class = type(encoder.layers[0])
         self._check_select_layer()
-        mean, std = _preprocessor_normalisation(config.name_or_path)
+        # Only a checkpoint we load weights from can say how it was normalised; never look it up otherwise.
+        needs_lookup = source == "weights" and (config.image_mean is None or config.image_std is None)
+        mean, std = _preprocessor_normalisation(config.name_or_path) if needs_lookup else (None, None)
         self._resolve_normalisation(mean or self.default_mean, std or self.default_std)
 
     def hidden_states_at(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
@@ -78,15 +80,17 @@ class HFSiglipVisionTower(HFVisionTower):
 
 
 def _hf_source(config: VisionTowerConfig, load_weights: bool) -> str:
-    """'inline' (config dict), 'json' (config file, random init) or 'weights' (from_pretrained)."""
-    if config.model_config is not None:
-        return "inline"
+    """'weights' (from_pretrained), 'json' (config file, random init) or 'inline' (rebuild without weights)."""
     if not load_weights:
-        raise ValueError("building a tower without weights needs an inline `model_config`")
+        if config.model_config is not None:
+            return "inline"
+        if not config.name_or_path.endswith(".json"):
+            raise ValueError("building a tower without weights needs an inline `model_config` or a config JSON")
     if config.name_or_path.endswith(".json"):
         if not os.path.isfile(config.name_or_path):
             raise FileNotFoundError(f"vision config JSON not found: {config.name_or_path}")
         return "json"
+    refuse_llava_directory(config.name_or_path)
     return "weights"
 
 
@@ -96,9 +100,16 @@ def _vision_part(arch: dict) -> dict:
 
 
 def _preprocessor_normalisation(name_or_path: str) -> tuple[list[float] | None, list[float] | None]:
-    path = Path(name_or_path) / "preprocessor_config.json"
-    if not path.is_file():
+    """The normalisation in the checkpoint's `preprocessor_config.json` (local dir or hub id), if it has one."""
+    if name_or_path.endswith(".json"):
+        return None, None
+    from transformers.utils import cached_file
+
+    path = cached_file(
+        name_or_path, "preprocessor_config.json",
+        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+    )
+    if path is None:
         return None, None
     processor = read_json(path)
     return processor.get("image_mean"), processor.get("image_std")
-

@@ -66,8 +66,7 @@ class OpenCLIPVisionTower(VisionTower):
 
     def resolved_config(self) -> VisionTowerConfig:
         return dataclasses.replace(
-            self.config, model_config=self.model_config, pretrained=None,
-            image_mean=self.image_mean, image_std=self.image_std,
+            self.config, model_config=self.model_config, image_mean=self.image_mean, image_std=self.image_std
         )
 
     def _load_pretrained(self, pretrained: str) -> None:
