@@ -54,7 +54,8 @@ def build(work: Path, args):
     dtype = resolve_dtype(args.dtype, args.device)
     model = mm.load_pretrained(work / "ckpt", torch_dtype=dtype).to(args.device).eval()
     per_image = 4
-    options = write_tiny_vqa_benchmark(work / "data", num_images=-(-args.questions // per_image), questions_per_image=per_image)
+    num_images = -(-args.questions // per_image)  # ceiling division
+    options = write_tiny_vqa_benchmark(work / "data", num_images=num_images, questions_per_image=per_image)
     task = get_task("vqav2")
     questions = task.read(task.options_type(**options))[: args.questions]
     return model, dtype, questions

@@ -23,8 +23,8 @@ def test_synth_suite_needs_data(tmp_path):
     with pytest.raises(TaskDataError, match="pass --data"):
         load_suite(SUITES / "synth.yaml")
     entries = load_suite(SUITES / "synth.yaml", data=str(tmp_path))
-    assert [(task, values) for _, task, values in entries] == [
-        ("synth_vqa", {"data": str(tmp_path)}), ("synth_pope", {"data": str(tmp_path)}), ("synth_mc", {"data": str(tmp_path)})]
+    expected = [(task, {"data": str(tmp_path)}) for task in ("synth_vqa", "synth_pope", "synth_mc")]
+    assert [(task, values) for _, task, values in entries] == expected
 
 
 def test_bad_suite_entries(tmp_path):

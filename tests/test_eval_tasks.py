@@ -104,7 +104,8 @@ def test_scienceqa_image_subset():
     assert [q.question_id for q in questions] == ["1", "3"]
     assert questions[0].images == (Path("/sqa/test/1/image.png"),)
     assert questions[1].prompt == ("Context: Moles live underground.\nWhich animal's feet are adapted for digging?\n"
-                                   "A. mole\nB. hermit crab\nAnswer with the option's letter from the given choices directly.")
+                                   "A. mole\nB. hermit crab\n"
+                                   "Answer with the option's letter from the given choices directly.")
     assert m["overall"] == 50.0 and m["failed_to_parse"] == 1 and m["unknown_ids"] == 1
 
 

@@ -18,7 +18,8 @@ class ScienceQAOptions:
 
     problems: str = option("ScienceQA problems.json", file_option=True)
     pid_splits: str = option("ScienceQA pid_splits.json", file_option=True)
-    image_root: str = option("folder holding {pid}/image.png of the split (e.g. ScienceQA/images/test)", "", file_option=True)
+    image_root: str = option("folder holding {pid}/image.png of the split (e.g. ScienceQA/images/test)", "",
+                             file_option=True)
     split: str = option("split of pid_splits.json to evaluate", "test")
 
 

@@ -31,10 +31,12 @@ def read_gqa(options: GQAOptions) -> list[Question]:
         where = f"{options.questions} question {qid}"
         types = field_of(record, "types", where)
         truth = GQAItem(field_of(record, "answer", where), None, types.get("structural", ""), types.get("semantic", ""))
-        image = Path(options.image_root) / format_image_name(options.image_pattern, imageId=field_of(record, "imageId", where))
+        image_name = format_image_name(options.image_pattern, imageId=field_of(record, "imageId", where))
+        image = Path(options.image_root) / image_name
         out.append(Question(qid, f"{field_of(record, 'question', where)}\n{SHORT_ANSWER}", (image,), truth))
     return out
 
 
 def score_gqa(options, questions, answers) -> dict:
-    return gqa_metrics([GQAItem(q.truth.answer, a, q.truth.structural, q.truth.semantic) for q, a in zip(questions, answers)])
+    items = [GQAItem(q.truth.answer, a, q.truth.structural, q.truth.semantic) for q, a in zip(questions, answers)]
+    return gqa_metrics(items)

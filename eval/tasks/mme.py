@@ -50,7 +50,8 @@ def read_mme(options: MMEOptions) -> list[Question]:
     root = require_path(options.mme_root, "mme_root", directory=True)
     subtasks = [name for name in MME_PERCEPTION + MME_COGNITION if (root / name).is_dir()]
     if not subtasks:
-        raise TaskDataError(f"--mme-root {root}: none of the MME subtask folders ({', '.join(MME_PERCEPTION + MME_COGNITION)})")
+        expected = ", ".join(MME_PERCEPTION + MME_COGNITION)
+        raise TaskDataError(f"--mme-root {root}: none of the MME subtask folders ({expected})")
     out = []
     for subtask in subtasks:
         for text_file, image in _subtask_files(root / subtask):

@@ -41,10 +41,12 @@ def read_vqav2_layout(questions_file: str, annotations_file: str, image_root: st
         if qid not in by_id:
             raise TaskDataError(f"question {qid} of {questions_file} has no annotation in {annotations_file}")
         ann = by_id[qid]
-        truth = VQAItem(answers=tuple(field_of(a, "answer", annotations_file) for a in field_of(ann, "answers", annotations_file)),
-                        prediction=None, question_type=ann.get("question_type", ""), answer_type=ann.get("answer_type", ""))
-        image = Path(image_root) / format_image_name(image_pattern, image_id=record["image_id"], question_id=qid)
-        out.append(Question(qid, f"{field_of(record, 'question', questions_file)}\n{SHORT_ANSWER}", (image,), truth))
+        answers = tuple(field_of(a, "answer", annotations_file) for a in field_of(ann, "answers", annotations_file))
+        truth = VQAItem(answers, None, ann.get("question_type", ""), ann.get("answer_type", ""))
+        image_id = field_of(record, "image_id", questions_file)
+        image = Path(image_root) / format_image_name(image_pattern, image_id=image_id, question_id=qid)
+        prompt = f"{field_of(record, 'question', questions_file)}\n{SHORT_ANSWER}"
+        out.append(Question(qid, prompt, (image,), truth))
     return out
 
 
@@ -65,7 +67,8 @@ def score_vqav2(options, questions: Sequence[Question], answers: Sequence[str | 
 class VizWizOptions:
     """Data options of VizWiz val."""
 
-    annotations: str = option("VizWiz annotation JSON (val.json: image, question, answers, answer_type, answerable)", file_option=True)
+    annotations: str = option("VizWiz annotation JSON (val.json: image, question, answers, answer_type)",
+                              file_option=True)
     image_root: str = option("folder with the VizWiz val images", "", file_option=True)
 
 
@@ -77,7 +80,8 @@ def read_vizwiz(options: VizWizOptions) -> list[Question]:
     out = []
     for record in records:
         image = field_of(record, "image", options.annotations)
-        answers = tuple(field_of(a, "answer", options.annotations) for a in field_of(record, "answers", options.annotations))
+        where = f"{options.annotations} record {image}"
+        answers = tuple(field_of(a, "answer", where) for a in field_of(record, "answers", where))
         truth = VQAItem(answers, None, "", record.get("answer_type", ""))
         prompt = f"{field_of(record, 'question', options.annotations)}\n{VIZWIZ_SUFFIX}"
         out.append(Question(image, prompt, (Path(options.image_root) / image,), truth))
@@ -122,7 +126,8 @@ def read_textvqa(options: TextVQAOptions) -> list[Question]:
                 prompt += "\nReference OCR token: " + ", ".join(ocr[image_id])
         truth = VQAItem(tuple(field_of(record, "answers", options.annotations)), None)
         image = Path(options.image_root) / format_image_name(options.image_pattern, image_id=image_id)
-        out.append(Question(field_of(record, "question_id", options.annotations), f"{prompt}\n{SHORT_ANSWER}", (image,), truth))
+        qid = field_of(record, "question_id", options.annotations)
+        out.append(Question(qid, f"{prompt}\n{SHORT_ANSWER}", (image,), truth))
     return out
 
 
