@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from eval.predictions import id_key
 from eval.report import write_text_atomic
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ def gather(out_dir: Path) -> int:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a torn tail of a crashed rank: that question was not answered
+                # A torn tail of a crashed rank: that question counts as missing when scored.
+                log.warning("%s: skipping an unreadable line while merging", path)
+                continue
             key = id_key(record["question_id"])
             if key not in seen:
                 seen.add(key)

@@ -159,7 +159,8 @@ def generate_predictions(generator: Generator, questions: Sequence[Question], ou
                 log.info("rank %d: %d/%d batches", ranks.rank, index + 1, len(planned))
     seconds = time.perf_counter() - start
     barrier()
-    if ranks.world_size > 1 and ranks.rank == 0:
+    # Part files exist under torchrun, or when an interrupted multi-rank run is resumed by fewer ranks.
+    if ranks.rank == 0 and list(out_dir.glob("predictions.rank*.jsonl")):
         gather(out_dir)
     barrier()
     return {"generated": len(mine), "generation_seconds": round(seconds, 3),

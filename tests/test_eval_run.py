@@ -90,6 +90,20 @@ def test_resume_from_partial_file_with_torn_line(setup, reference):
     assert all(answers[q] == reference[1][q] for q in answers if q not in kept)
 
 
+def test_single_process_resume_merges_parts_of_a_multi_rank_run(setup, reference):
+    out = setup[0] / "parts"
+    out.mkdir()
+    first, second = list(reference[1])[:2]
+    for rank, qid in enumerate((first, second)):
+        line = json.dumps({"question_id": qid, "prompt": "", "text": f"rank{rank}", "model_id": "x", "metadata": {}})
+        (out / f"predictions.rank{rank}.jsonl").write_text(line + "\n")
+    _run(setup, out, "--batch-size", "8")
+    answers = _answers(out)
+    assert set(answers) == set(reference[1])
+    assert (answers[first], answers[second]) == ("rank0", "rank1")
+    assert not list(out.glob("predictions.rank*.jsonl"))
+
+
 def test_resume_after_crash_mid_run(setup, reference, monkeypatch):
     from eval import runner
 
