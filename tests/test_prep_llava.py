@@ -279,3 +279,24 @@ def test_shards_are_standard_tars_with_matching_checksums(dataset, tmp_path):
             members = tar.getmembers()
         assert all(m.isfile() and m.mtime == 0 and m.mode == 0o644 for m in members)
         assert sum(m.name.endswith(".json") for m in members) == shard["num_samples"]
+
+
+class _DieWhenUnpickled:
+    """Kills the worker process that receives it (simulates a worker killed from outside)."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (3,)
+
+
+def test_a_dead_worker_is_a_clear_resumable_error(dataset, tmp_path):
+    from data_prep.convert import ConversionInterrupted
+
+    annotations, root, _ = dataset
+    samples, rejections, total = load_llava(annotations, root, "fixture")
+    samples[0].meta["poison"] = _DieWhenUnpickled()
+    options = ConvertOptions(out_dir=str(tmp_path / "out"), workers=2, samples_per_shard=1, progress=False)
+    with pytest.raises(ConversionInterrupted, match="rerun the same command to resume"):
+        convert(samples, rejections, options, num_input_records=total, source="fixture")
+    assert not (tmp_path / "out" / "manifest.json").exists()

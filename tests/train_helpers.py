@@ -67,3 +67,76 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(ASSET_TOKENIZER)
+
+
+def write_caption_shards(directory: Path, texts: list[str], per_shard: int, prefix: str = "cap") -> list[str]:
+    """Caption shards whose answers are `texts` (uneven lengths make uneven target-token counts)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    colors, keys, entries = list(COLORS), [], []
+    for shard, start in enumerate(range(0, len(texts), per_shard)):
+        name = f"{prefix}-{shard:06d}.tar"
+        records = {}
+        for index, text in enumerate(texts[start : start + per_shard], start=start):
+            key = f"{prefix}{index}"
+            records[key] = caption_record(key, colors[index % len(colors)], text=text)
+            keys.append(key)
+        write_tar(directory / name, records)
+        entries.append({"name": name, "num_samples": len(records)})
+    (directory / "manifest.json").write_text(json.dumps({"shards": entries}))
+    return keys
+
+
+def tiny_module(stage: str = "finetune", lr: float = 1e-3, **policy):
+    """A VLMTrainingModule on the tiny offline model (LLM attention: sdpa)."""
+    from mm.tiny import tiny_vlm_config
+    from mm.train.module import VLMTrainingModule
+    from mm.train.policy import TrainingPolicy
+
+    return VLMTrainingModule(tiny_vlm_config(), TrainingPolicy(stage=stage, lr=lr, warmup_ratio=0.0, **policy))
+
+
+def tiny_data(directory: Path, **kwargs):
+    from mm.data.module import ShardDataModule
+    from mm.data.shards import ShardSource
+
+    settings = {"batch_size": 2, "num_workers": 0, "max_length": 128, "template": "plain", "shuffle_buffer": 4}
+    return ShardDataModule([ShardSource(str(directory))], **{**settings, **kwargs})
+
+
+def cpu_trainer(root: Path, **kwargs):
+    import lightning as L
+
+    settings = dict(accelerator="cpu", devices=1, default_root_dir=str(root), logger=False,
+                    enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                    use_distributed_sampler=False, num_sanity_val_steps=0)
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def recorded_batches_callback():
+    """A callback keeping each training batch and its loss, and the gradients at the first optimizer step."""
+    import lightning as L
+
+    class Recorder(L.Callback):
+        def __init__(self):
+            self.batches, self.losses, self.first_grads = [], [], None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.batches.append(batch)
+            self.losses.append(float(outputs["loss"]))
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            if self.first_grads is None:
+                self.first_grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    return Recorder()
+
+
+def reference_grads(module, batches):
+    """Gradients of sum(token CE over all batches) / (their target tokens), in one pass."""
+    from mm.data.module import target_tokens
+
+    module.zero_grad()
+    total = sum(target_tokens(batch) for batch in batches)
+    for batch in batches:
+        (module(batch, num_items_in_batch=1.0).loss / total).backward()
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}

@@ -1,0 +1,150 @@
+"""Training runs on CPU: loss normalisation under accumulation, exact resume, overfitting, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import mm
+from mm.data.module import target_tokens
+from train_helpers import (
+    ASSET_TOKENIZER,
+    cpu_trainer,
+    recorded_batches_callback,
+    reference_grads,
+    tiny_data,
+    tiny_module,
+    write_caption_shards,
+    write_shards,
+)
+
+TEXTS = ["A red square.", "A big green square drawn on a white background, in the middle.", "Blue.",
+         "A yellow square and, next to it, nothing else at all."]
+
+
+def test_accumulated_uneven_batches_equal_one_big_batch(tmp_path):
+    write_caption_shards(tmp_path / "data", TEXTS, per_shard=4)
+    recorder = recorded_batches_callback()
+    module = tiny_module()
+    trainer = cpu_trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, callbacks=[recorder])
+    trainer.fit(module, datamodule=tiny_data(tmp_path / "data", shuffle_buffer=0))
+    first, second = recorder.batches
+    assert target_tokens(first) != target_tokens(second)  # uneven micro-batches
+    reference = tiny_module()
+    reference.configure_model()
+    expected = reference_grads(reference, [first, second])
+    assert expected.keys() == recorder.first_grads.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(recorder.first_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # a mean of per-batch means would give visibly different gradients
+    reference.zero_grad()
+    for batch in (first, second):
+        (reference(batch).loss / 2).backward()
+    mean_of_means = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    gaps = [float((mean_of_means[n] - g).abs().max()) for n, g in expected.items()]
+    assert max(gaps) > 1e-3
+
+
+class Killed(Exception):
+    pass
+
+
+def killer(at_batch: int):
+    import lightning as L
+
+    class Kill(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == at_batch:
+                raise Killed()
+
+    return Kill()
+
+
+def test_resume_mid_epoch_continues_the_same_loss_curve(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    write_shards(tmp_path / "data", [2, 2, 1])  # 5 samples: workers of 2 and 3, batch 2: 4 batches, 1 masked
+    data = dict(num_workers=2, group_batches=2)
+    steps = 7  # into the second epoch
+
+    straight = recorded_batches_callback()
+    cpu_trainer(tmp_path / "a", max_steps=steps, callbacks=[straight]).fit(
+        tiny_module(), datamodule=tiny_data(tmp_path / "data", **data))
+
+    checkpoints = tmp_path / "b" / "ckpt"
+
+    def run(callbacks, ckpt_path=None):
+        saver = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=3, save_top_k=-1)
+        trainer = cpu_trainer(tmp_path / "b", max_steps=steps, callbacks=[*callbacks, saver],
+                              enable_checkpointing=True)
+        trainer.fit(tiny_module(), datamodule=tiny_data(tmp_path / "data", **data), ckpt_path=ckpt_path)
+
+    first = recorded_batches_callback()
+    with pytest.raises(Killed):
+        run([first, killer(at_batch=5)])  # last checkpoint mid-epoch 0 at step 3; killed before step 6
+    assert len(first.losses) == 5
+    assert [b["is_padding"] for b in straight.batches[:4]] == [False, False, True, False]  # worker 0 pads
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3}]
+    assert saved["state_dict"] and all(k.startswith(("vlm.projector.", "vlm.llm.")) for k in saved["state_dict"])
+    resumed = recorded_batches_callback()
+    run([resumed], ckpt_path="last")
+    assert len(resumed.losses) == steps - 3
+    torch.testing.assert_close(torch.tensor(first.losses), torch.tensor(straight.losses[:5]))
+    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(straight.losses[3:]), rtol=1e-4,
+                               atol=1e-5)
+    assert [b["keys"] for b in resumed.batches] == [b["keys"] for b in straight.batches[3:]]
+
+
+CLI_CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: {steps}
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {root}, name: logs, version: 0}}
+model:
+  model:
+    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
+    projector: {{kind: pixel_shuffle2x_mlp}}
+    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
+  policy: {{stage: finetune, lr: 3.0e-3, warmup_ratio: 0.1}}
+data:
+  train_shards: [{{urls: {data}}}]
+  batch_size: 4
+  num_workers: 0
+  max_length: 64
+  template: plain
+"""
+
+
+def test_cli_overfit_loss_falls_and_export_loads(tmp_path):
+    from mm.train.cli import main
+
+    write_shards(tmp_path / "data", [4])  # 4 samples, one batch: the model must memorise it
+    config = tmp_path / "run.yaml"
+    config.write_text(CLI_CONFIG.format(steps=25, root=tmp_path / "run", assets=ASSET_TOKENIZER.parent,
+                                        data=tmp_path / "data"))
+    main(["fit", "--config", str(config)])
+    rows = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("train/loss")]) for r in rows[1:]
+              if r.split(",")[header.index("train/loss")]]
+    assert len(losses) == 25
+    assert sum(losses[-3:]) / 3 < 0.3 * sum(losses[:3]) / 3
+    for column in ("throughput/tokens_per_s", "train/grad_norm", "lr/llm/decay", "skipped/bad_image"):
+        assert column in header
+    resolved = yaml.safe_load((tmp_path / "run" / "logs" / "version_0" / "config.yaml").read_text())
+    assert resolved["model"]["policy"]["stage"] == "finetune"
+    exported = mm.load_pretrained(tmp_path / "run" / "export")
+    assert json.loads((tmp_path / "run" / "export" / "image_processing.json").read_text())["image_size"] == 64
+    assert exported.projector.__class__.__name__ and exported.tokens_per_image == 16
