@@ -47,8 +47,8 @@ def option(help: str, default: Any = MISSING, file_option: bool = False) -> Any:
 
 
 def file_options(options: Any) -> dict[str, str]:
-    """The options that name data files or folders, for the run record."""
-    return {f.name: str(getattr(options, f.name)) for f in fields(options)
+    """The options that name data files or folders, as absolute paths, for the run record."""
+    return {f.name: str(Path(getattr(options, f.name)).resolve()) for f in fields(options)
             if f.metadata.get("file") and getattr(options, f.name) not in (None, "")}
 
 
