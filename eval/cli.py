@@ -10,7 +10,7 @@ from pathlib import Path
 
 from eval.distributed import Ranks, init_process_group
 from eval.predictions import PredictionFileError
-from eval.tasks import TASKS, get_task
+from eval.tasks import TASKS, UnknownTaskError, get_task
 from eval.tasks.base import TaskDataError
 
 log = logging.getLogger("mm-eval")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         args.func(args)
-    except (TaskDataError, PredictionFileError, KeyError) as error:
+    except (TaskDataError, PredictionFileError, UnknownTaskError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mm-eval: error: {message}", file=sys.stderr)
         return 2

@@ -29,11 +29,15 @@ TASKS: dict[str, Task] = {
 }
 
 
+class UnknownTaskError(KeyError):
+    """A task name that is not registered."""
+
+
 def get_task(name: str) -> Task:
     """The task registered under exactly `name`."""
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Question", "Task", "TaskDataError", "get_task"]
+__all__ = ["TASKS", "Question", "Task", "TaskDataError", "UnknownTaskError", "get_task"]
