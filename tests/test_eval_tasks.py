@@ -167,3 +167,18 @@ def test_synth_pope_and_mc():
     questions, m = _score_file("synth_mc", _options("synth_mc", data=str(SYNTH)), SYNTH / "mc_predictions.jsonl")
     assert questions[1].images == (SYNTH / "eval/images/000000000002.png",)
     assert m["overall"] == 50.0 and m["per_question_type"] == {"color": 100.0, "count": 0.0}
+
+
+def test_cli_score_errors_name_the_file_and_option(tmp_path, capsys):
+    from eval.cli import main
+
+    base = ["score", "--task", "vqav2", "--questions", str(FIX / "vqav2/questions.json"),
+            "--annotations", str(FIX / "vqav2/annotations.json"), "--out", str(tmp_path)]
+    assert main(base + ["--predictions", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl (given by --predictions)" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 420, "text": "2"}\n{"question_id": 421}\n')
+    assert main(base + ["--predictions", str(bad)]) == 2
+    assert "bad.jsonl:2: a prediction needs question_id, text" in capsys.readouterr().err
+    assert main(["score", "--task", "nope", "--predictions", str(bad), "--out", str(tmp_path)]) == 2
+    assert "valid tasks:" in capsys.readouterr().err
