@@ -182,3 +182,16 @@ def test_cli_score_errors_name_the_file_and_option(tmp_path, capsys):
     assert "bad.jsonl:2: a prediction needs question_id, text" in capsys.readouterr().err
     assert main(["score", "--task", "nope", "--predictions", str(bad), "--out", str(tmp_path)]) == 2
     assert "valid tasks:" in capsys.readouterr().err
+
+
+def test_mmbench_tsv_with_rotated_rows_is_used_as_is(tmp_path):
+    header, row0, _ = (FIX / "mmbench/mmbench_dev.tsv").read_text().splitlines()
+    cells = row0.split("\t")
+    # A rotated copy as MMBench ships them: index + 1e6, options shifted, answer moved, image by reference.
+    rotated = ["1000000", cells[1], cells[2], "blue", "green", "red", "nan", "C", cells[8], "0", *cells[10:]]
+    tsv = tmp_path / "circular.tsv"
+    tsv.write_text("\n".join([header, row0, "\t".join(rotated)]) + "\n")
+    questions = get_task("mmbench").read(_options("mmbench", tsv=str(tsv)))
+    assert [q.question_id for q in questions] == [0, 1_000_000]
+    assert questions[1].images == questions[0].images
+    assert questions[1].truth.source_index == 0 and questions[1].truth.answer == "C"
