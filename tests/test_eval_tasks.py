@@ -195,3 +195,25 @@ def test_mmbench_tsv_with_rotated_rows_is_used_as_is(tmp_path):
     assert [q.question_id for q in questions] == [0, 1_000_000]
     assert questions[1].images == questions[0].images
     assert questions[1].truth.source_index == 0 and questions[1].truth.answer == "C"
+
+
+def test_reads_real_mm_prep_synth_output(tmp_path):
+    from data_prep.synth.eval_splits import write_eval
+    from data_prep.synth.generate import SynthConfig
+
+    counts = write_eval(SynthConfig(num_eval=4), tmp_path)
+    opts = {name: _options(name, data=str(tmp_path)) for name in ("synth_vqa", "synth_pope", "synth_mc")}
+    read = {name: get_task(name).read(o) for name, o in opts.items()}
+    assert len(read["synth_vqa"]) == counts["vqa"] and len(read["synth_mc"]) == counts["mc"]
+    assert len(read["synth_pope"]) == sum(counts[f"pope_{s}"] for s in ("random", "popular", "adversarial"))
+    assert all(image.is_file() for questions in read.values() for q in questions for image in q.images)
+    # Oracle answers score 100 and every question program has a chance level.
+    oracle = {"synth_vqa": lambda q: q.truth.answers[0], "synth_mc": lambda q: q.truth.answer,
+              "synth_pope": lambda q: "Yes" if q.truth[1] else "No"}
+    for name, questions in read.items():
+        records = [{"question_id": q.question_id, "text": oracle[name](q)} for q in questions]
+        metrics = score_predictions(get_task(name), opts[name], questions, records)
+        assert metrics["overall"] == 100.0, name
+    vqa_metrics = score_predictions(get_task("synth_vqa"), opts["synth_vqa"], read["synth_vqa"], [])
+    assert vqa_metrics["missing"] == counts["vqa"]
+    assert all(row["chance"] is not None for row in vqa_metrics["vs_chance"].values())
