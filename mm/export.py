@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     import mm
     from mm.llava import LlavaIncompatible, export_llava_hf
 
-    model = mm.load_pretrained(args.checkpoint, torch_dtype=args.dtype)
+    try:
+        model = mm.load_pretrained(args.checkpoint, torch_dtype=args.dtype)
+    except (OSError, ValueError) as err:
+        print(f"mm-export: cannot load {args.checkpoint}: {err}", file=sys.stderr)
+        return 2
     try:
         export_llava_hf(model, args.out)
     except LlavaIncompatible as err:

@@ -83,6 +83,8 @@ class VisionLanguageModel(nn.Module):
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with each image's projected features written over its placeholders."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len); got {tuple(input_ids.shape)}")
         image_mask = input_ids == self.image_token_id
         num_images = 0 if pixel_values is None else pixel_values.shape[0]
         self.check_placeholders(image_mask, num_images)
@@ -142,6 +144,8 @@ class VisionLanguageModel(nn.Module):
         )
         loss = None
         if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {tuple(labels.shape)} must align with input_ids {tuple(input_ids.shape)}")
             labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
             loss = causal_lm_loss(out.logits, labels, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=out.logits)

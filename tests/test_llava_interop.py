@@ -163,3 +163,22 @@ def test_loading_refuses_llava_settings_we_cannot_reproduce(tmp_path, vision, ov
     save_llava(llava, tokenizer, tmp_path)
     with pytest.raises(LlavaIncompatible, match=message):
         load_llava_hf(tmp_path)
+
+
+def test_export_can_cast_weights(tmp_path):
+    from safetensors import safe_open
+
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    assert export_main(["hf-llava", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"BF16"}
+
+
+def test_export_cli_usage(tmp_path, capsys):
+    assert export_main(["hf-llava", str(tmp_path / "missing"), str(tmp_path / "hf")]) == 2
+    assert "mm-export: cannot load" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["onnx", "a", "b"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err

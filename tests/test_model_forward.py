@@ -140,3 +140,13 @@ def test_image_transform_config_describes_the_tower(model):
     assert cfg.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert cfg.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
     assert model.tokens_per_image == 64  # 8x8 patches, CLS dropped
+
+
+def test_malformed_inputs_are_clear_errors(model):
+    ids, _, pixel_values = mixed_batch(model)
+    with pytest.raises(ValueError, match=r"pixel_values must be \(num_images, 3, 64, 64\); got \(3, 3, 32, 32\)"):
+        model(ids, pixel_values[:, :, :32, :32])
+    with pytest.raises(ValueError, match=r"input_ids must be \(batch, seq_len\)"):
+        model(ids[0], pixel_values)
+    with pytest.raises(ValueError, match="labels .* must align with input_ids"):
+        model(ids, pixel_values, labels=ids[:, 1:])

@@ -51,6 +51,10 @@ class VisionTower(nn.Module):
         return any(p.requires_grad for p in self.parameters())
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        expected = (3, self.image_size, self.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"pixel_values must be (num_images, {', '.join(map(str, expected))}); "
+                             f"got {tuple(pixel_values.shape)}")
         grad_context = contextlib.nullcontext() if self.is_trainable else torch.no_grad()
         with grad_context:
             features = self.hidden_states_at(pixel_values.to(self.dtype), self.config.select_layer)
