@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.distributed import Ranks, barrier
-from eval.predictions import read_predictions
+from eval.predictions import id_key, read_predictions
 from eval.report import compare_markdown, metrics_markdown, write_json_atomic, write_text_atomic
 from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype
 from eval.scoring.evaluate import score_predictions
@@ -36,10 +36,22 @@ def build_options(task_name: str, values: dict[str, Any]):
         raise TaskDataError(f"task {task_name}: {error}") from None
 
 
+def read_questions(task_name: str, options) -> list:
+    """The task's questions; ids must be unique, since answers are matched to questions by id."""
+    questions = get_task(task_name).read(options)
+    seen: set[str] = set()
+    for question in questions:
+        key = id_key(question.question_id)
+        if key in seen:
+            raise TaskDataError(f"task {task_name}: question id {question.question_id!r} occurs twice in its data")
+        seen.add(key)
+    return questions
+
+
 def score_task(task_name: str, options, predictions_file: str | Path, out_dir: str | Path, questions=None) -> dict:
     """Score a predictions file (ours or LLaVA-format from elsewhere); write metrics.json and metrics.md."""
     task = get_task(task_name)
-    questions = task.read(options) if questions is None else questions
+    questions = read_questions(task_name, options) if questions is None else questions
     metrics = score_predictions(task, options, questions, read_predictions(predictions_file))
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "metrics.json", {"task": task_name, **metrics})
@@ -103,11 +115,10 @@ def run_record(model, dtype, checkpoint: str, task_name: str, options, settings:
 def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: str | Path, settings: GenerationSettings,
              *, limit: int | None = None, device: str = "cpu", ranks: Ranks = Ranks()) -> dict | None:
     """Generate (resuming) and score one task; rank 0 writes run.json and metrics. Returns metrics on rank 0."""
-    task = get_task(task_name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    questions = task.read(options)
+    questions = read_questions(task_name, options)
     if limit is not None:
         questions = questions[:limit]
     record = run_record(model, dtype, checkpoint, task_name, options, settings, limit=limit, device=device,

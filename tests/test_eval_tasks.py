@@ -217,3 +217,14 @@ def test_reads_real_mm_prep_synth_output(tmp_path):
     vqa_metrics = score_predictions(get_task("synth_vqa"), opts["synth_vqa"], read["synth_vqa"], [])
     assert vqa_metrics["missing"] == counts["vqa"]
     assert all(row["chance"] is not None for row in vqa_metrics["vs_chance"].values())
+
+
+def test_duplicate_question_ids_are_an_error(tmp_path):
+    from eval.pipeline import read_questions
+
+    questions = tmp_path / "q.json"
+    questions.write_text('{"questions": [{"image_id": 42, "question": "a?", "question_id": 420},'
+                         ' {"image_id": 7, "question": "b?", "question_id": 420}]}')
+    opts = _options("vqav2", questions=str(questions), annotations=str(FIX / "vqav2/annotations.json"))
+    with pytest.raises(TaskDataError, match="question id 420 occurs twice"):
+        read_questions("vqav2", opts)
