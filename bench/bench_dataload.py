@@ -3,7 +3,8 @@
 Both paths turn the same COCO-like JPEGs (about 640x480, ~100-200 KB) into a normalised
 (N, 3, 336, 336) float batch on ``--device``:
 
-- ours: webdataset shards (the ARCHITECTURE.md layout) -> ``ImageTransform(336, CLIP mean/std,
+- ours: webdataset shards written by mm-prep from those files, read by the training stream's reader
+  -> ``ImageTransform(336, CLIP mean/std,
   mode="pad", draft=True)`` -> uint8 batch -> ``normalize`` on the device;
 - reference (LLaVA-1.5): loose files + a JSON index -> ``PIL.Image.open(...).convert("RGB")`` ->
   expand-to-square with the mean colour -> transformers ``CLIPImageProcessor`` (shortest_edge 336,
@@ -21,7 +22,6 @@ import argparse
 import io
 import json
 import sys
-import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -63,40 +63,40 @@ def photo_like_jpeg(rng: np.random.Generator, width: int, height: int, quality: 
 
 
 def write_dataset(root: Path, num_images: int, seed: int = 0) -> tuple[list[Piece], Path, int]:
-    """The same images twice: as shards and as loose files + a LLaVA JSON index.
+    """The same images twice: loose files + a LLaVA JSON index, and shards converted from them by mm-prep.
 
-    Returns (one piece per whole shard, the index path, total JPEG bytes)."""
+    Returns (one piece per shard, as the training stream resolves them; the index path; total JPEG bytes).
+    """
     rng = np.random.default_rng(seed)
-    image_dir, shard_dir = root / "images", root / "shards"
+    image_dir = root / "images"
     image_dir.mkdir(parents=True)
-    shard_dir.mkdir()
-    index, shards, total_bytes = [], [], 0
-    for start in range(0, num_images, SAMPLES_PER_SHARD):
-        shard = shard_dir / f"shard-{len(shards):05d}.tar"
-        stop = min(start + SAMPLES_PER_SHARD, num_images)
-        with tarfile.open(shard, "w") as tar:
-            for number in range(start, stop):
-                width, height = COCO_SHAPES[number % len(COCO_SHAPES)]
-                data = photo_like_jpeg(rng, width, height)
-                total_bytes += len(data)
-                key = f"coco_{number:08d}"
-                (image_dir / f"{key}.jpg").write_bytes(data)
-                conversation = [{"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A photo."}]
-                index.append({"id": key, "image": f"{key}.jpg", "conversations": conversation})
-                record = {"id": key, "source": "bench", "conversations": conversation, "images": ["img0.jpg"],
-                          "image_sizes": [[width, height]], "meta": {}}
-                _add_member(tar, f"{key}.json", json.dumps(record).encode())
-                _add_member(tar, f"{key}.img0.jpg", data)
-        shards.append(Piece(str(shard), 0, stop - start))
+    index, total_bytes = [], 0
+    for number in range(num_images):
+        data = photo_like_jpeg(rng, *COCO_SHAPES[number % len(COCO_SHAPES)])
+        total_bytes += len(data)
+        key = f"coco_{number:08d}"
+        (image_dir / f"{key}.jpg").write_bytes(data)
+        index.append({"id": key, "image": f"{key}.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A photo."}]})
     index_path = root / "index.json"
     index_path.write_text(json.dumps(index))
-    return shards, index_path, total_bytes
+    return convert_to_shards(index_path, image_dir, root / "shards", num_images), index_path, total_bytes
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+def convert_to_shards(index_path: Path, image_dir: Path, out_dir: Path, expected: int) -> list[Piece]:
+    """`mm-prep llava` (no re-encoding), then the shards as the training stream resolves them."""
+    from data_prep.convert import ConvertOptions, convert
+    from data_prep.llava import load_llava
+    from mm.data.shards import ShardSource, resolve_source
+
+    samples, rejections, total = load_llava(index_path, image_dir, "bench")
+    options = ConvertOptions(out_dir=str(out_dir), samples_per_shard=SAMPLES_PER_SHARD, progress=False,
+                             command=["bench_dataload"])
+    convert(samples, rejections, options, num_input_records=total, source="bench")
+    shards = resolve_source(ShardSource(urls=str(out_dir))).shards
+    if sum(shard.num_samples for shard in shards) != expected:
+        raise RuntimeError(f"mm-prep wrote {[(s.url, s.num_samples) for s in shards]}, expected {expected} samples")
+    return [Piece(shard.url, 0, shard.num_samples) for shard in shards]
 
 
 def ours_batches(shards: list[Piece], transform: ImageTransform, batch_size: int, device: str):
@@ -146,11 +146,21 @@ def count_images(batches) -> dict[str, float]:
 
 
 def pixel_gap(shards, index_path, transform, processor) -> float:
-    """Mean absolute difference of the two paths' outputs, in 0-255 pixel levels (a sanity check, not a target)."""
-    ours = torch.cat(list(ours_batches(shards, transform, 64, "cpu")))
-    reference = torch.cat(list(reference_batches(index_path, processor, 64, "cpu")))
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return float(((ours - reference).abs() * std * 255).mean())
+    """Mean absolute difference of the two paths' outputs for each image (matched by id, as mm-prep
+    shuffles), in 0-255 pixel levels: a sanity check that both make the same picture, not a target."""
+    ours = {}
+    for sample in read_pieces(shards, Counter()):
+        record = json.loads(sample["json"])
+        ours[record["id"]] = transform.normalize(transform.load(sample[record["images"][0]])[None])[0]
+    image_dir = index_path.parent / "images"
+    background = tuple(int(round(c * 255)) for c in processor.image_mean)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    gaps = []
+    for entry in json.loads(index_path.read_text()):
+        image = expand_to_square(Image.open(image_dir / entry["image"]).convert("RGB"), background)
+        reference = torch.as_tensor(processor.preprocess(image, return_tensors="pt")["pixel_values"][0])
+        gaps.append(float(((ours[entry["id"]] - reference).abs() * std * 255).mean()))
+    return sum(gaps) / len(gaps)
 
 
 def main(argv: list[str] | None = None) -> dict:

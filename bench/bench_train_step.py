@@ -34,8 +34,8 @@ from mm.transforms import ImageTransform  # noqa: E402
 
 TARGET = 1.5
 MFU_TARGET = 0.40
-# Dense bf16 tensor-core peaks (SXM); H200 has H100's compute with more, faster memory.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
+# Dense bf16 tensor-core peaks, most specific name first; H200 has the H100 SXM's compute.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}
 
 VIT_L_14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                     image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
@@ -88,6 +88,9 @@ def build_pair(config: VLMConfig, device: str, dtype: torch.dtype, grad_checkpoi
     ours.set_trainable(vision=False, projector=True, llm=True)
     reference.requires_grad_(True)
     reference.model.vision_tower.requires_grad_(False)
+    trainable = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (ours, reference)]
+    if trainable[0] != trainable[1]:
+        raise RuntimeError(f"trainable parameters differ: ours {trainable[0]:,}, transformers Llava {trainable[1]:,}")
     for model in (ours, reference):
         model.to(device=device, dtype=dtype).train()
         if grad_checkpointing:
