@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -70,8 +69,9 @@ def vlm_config_from_llava(llava_config, tokenizer, directory: Path) -> VLMConfig
         llm=LLMConfig(name_or_path=str(directory), model_config=llava_config.text_config.to_dict(),
                       tokenizer=str(directory)),
         image_token=image_token,
-        # llava-1.5 checkpoints are Vicuna prompts; a tokenizer's own Jinja template wins when it has one.
-        chat_template="chat_template" if tokenizer.chat_template else "vicuna_v1",
+        # LLaVA-1.5 was trained on Vicuna prompts. llava-hf's own Jinja templates expect multimodal content
+        # lists, not the plain strings mm.chat renders, so they are not picked automatically.
+        chat_template="vicuna_v1",
     )
 
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from helpers_model import left_pad, tiny_model
 
 import mm
-from helpers_model import left_pad, prompt_ids, text_ids, tiny_model
 from mm.export import main as export_main
 from mm.llava import LlavaIncompatible, load_llava_hf
 from mm.tiny import TOKENIZER_DIR, tiny_config_path, tiny_vlm_config
@@ -109,8 +109,8 @@ def test_greedy_generation_matches_llava(tmp_path):
     [("hf_clip", "llama", False, "default"), ("hf_clip", "qwen2", True, "full"), ("hf_siglip", "llama", False, "full")],
 )
 def test_export_to_llava_gives_equal_logits(tmp_path, vision, llm, keep_cls, strategy):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
     from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     config = tiny_vlm_config(vision, llm)
     config.vision.keep_prefix_tokens = keep_cls
@@ -131,6 +131,8 @@ def test_export_to_llava_gives_equal_logits(tmp_path, vision, llm, keep_cls, str
     assert encoded["pixel_values"].shape == (1, 3, 64, 64)
     # and the exported directory loads back into mm with the same logits
     back = mm.load_pretrained(tmp_path / "hf")
+    assert back.image_transform_config == model.image_transform_config  # normalisation read from the processor
+    assert back.config.chat_template == "vicuna_v1"
     torch.testing.assert_close(our_logits(back, ids, mask, pixels), our_logits(model, ids, mask, pixels),
                                atol=ATOL, rtol=0)
 
