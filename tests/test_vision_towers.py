@@ -84,6 +84,35 @@ def test_open_clip_weights_file_is_never_unpickled(tmp_path):
     assert UNPICKLED == []
 
 
+def test_open_clip_by_name_and_pretrained_tag(monkeypatch):
+    """The tag path, with open_clip's download replaced by a local model (tests never touch the network)."""
+    import open_clip
+
+    config = json.loads(tiny_config_path("open_clip").read_text())
+    torch.manual_seed(6)
+    clip = open_clip.CLIP(**config).eval()
+    clip.visual.image_mean, clip.visual.image_std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    calls = []
+
+    def create_model(name, pretrained=None, **kwargs):
+        calls.append((name, pretrained, kwargs.get("weights_only")))
+        return clip
+
+    monkeypatch.setattr(open_clip, "get_model_config", lambda name: config if name == "Tiny-ViT" else None)
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"url": "x"} if tag == "tiny-tag" else {})
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    tower = build_vision_tower(VisionTowerConfig(kind="open_clip", name_or_path="Tiny-ViT", pretrained="tiny-tag"))
+    assert calls == [("Tiny-ViT", "tiny-tag", True)]
+    expected = block_outputs(clip.visual.transformer.resblocks, lambda: clip.visual(pixels()))[1][:, 1:]
+    torch.testing.assert_close(tower.eval()(pixels()), expected)
+    assert (tower.image_mean, tower.image_std) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    # the checkpoint records the architecture and normalisation, so loading it needs no download
+    resolved = tower.resolved_config()
+    assert resolved.model_config == config and resolved.image_mean == [0.1, 0.2, 0.3]
+    rebuilt = build_vision_tower(resolved, load_weights=False)
+    assert len(calls) == 1 and rebuilt.image_std == [0.4, 0.5, 0.6]
+
+
 def test_open_clip_unknown_name_or_tag_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Nope'.*ViT-B-32"):
         build_vision_tower(VisionTowerConfig(kind="open_clip", name_or_path="ViT-Nope"))
