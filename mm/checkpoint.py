@@ -101,7 +101,10 @@ def _local_directory(path: str) -> Path:
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    try:
+        return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as err:  # offline, unknown repo, gated, ...: all mean "cannot get it"
+        raise FileNotFoundError(f"{path} is not a local directory, and fetching it from the Hub failed: {err}") from err
 
 
 def _as_dtype(dtype) -> torch.dtype:

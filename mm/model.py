@@ -37,6 +37,8 @@ class VisionLanguageModel(nn.Module):
         self.projector = projector
         self.llm = llm
         self.tokenizer = tokenizer
+        if config.image_token not in tokenizer.get_vocab():
+            raise ValueError(f"the tokenizer has no {config.image_token!r} token (build_vlm adds it)")
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         self.tokens_per_image = projector.num_output_tokens(vision_tower.num_tokens)
 

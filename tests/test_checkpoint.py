@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from helpers_model import prompt_ids, text_ids, tiny_model
 
 import mm
-from helpers_model import prompt_ids, text_ids, tiny_model
 from mm.config import VLMConfig
 from mm.tiny import TOKENIZER_DIR, tiny_config_path, tiny_vlm_config
 
@@ -117,6 +117,21 @@ def test_loading_errors_are_clear(tmp_path):
     (tmp_path / "ckpt" / "mm_config.json").write_text(json.dumps({**config, "format_version": 99}))
     with pytest.raises(ValueError, match="format_version 99"):
         mm.load_pretrained(tmp_path / "ckpt")
+
+
+def test_hub_ids_that_cannot_be_fetched_are_reported(monkeypatch):
+    import huggingface_hub
+
+    requested = []
+
+    def offline(repo_id, **kwargs):
+        requested.append(repo_id)
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="someone/model is not a local directory, and fetching it .*offline"):
+        mm.load_pretrained("someone/model")
+    assert requested == ["someone/model"]
 
 
 def test_custom_code_needs_trust_remote_code(tmp_path):
