@@ -67,6 +67,16 @@ def load_pretrained(path: str | os.PathLike, *, trust_remote_code: bool = False,
     return model.eval()
 
 
+def read_config(directory: str | os.PathLike) -> VLMConfig:
+    """The VLMConfig stored in a checkpoint directory (architectures inline)."""
+    payload = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    version = payload.pop("format_version", None)
+    payload.pop("mm_version", None)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{directory}: checkpoint format_version {version!r}, this mm reads {FORMAT_VERSION}")
+    return VLMConfig.from_dict(payload)
+
+
 def _load_ours(directory: Path, trust_remote_code: bool):
     from safetensors.torch import load_file
 
@@ -74,12 +84,7 @@ def _load_ours(directory: Path, trust_remote_code: bool):
     from mm.llm import load_tokenizer
     from mm.weights import assign_state_dict, parameters_on_meta
 
-    payload = json.loads((directory / CONFIG_NAME).read_text())
-    version = payload.pop("format_version", None)
-    payload.pop("mm_version", None)
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{directory}: checkpoint format_version {version!r}, this mm reads {FORMAT_VERSION}")
-    config = VLMConfig.from_dict(payload)
+    config = read_config(directory)
     tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
     with parameters_on_meta():
         model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)

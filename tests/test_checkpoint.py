@@ -222,9 +222,9 @@ def test_llm_from_a_local_directory_loads_its_weights(tmp_path):
 def test_a_saved_config_rebuilds_from_its_sources(tmp_path):
     """mm_config.json records inline architectures, yet reusing it for a new run reads the named sources."""
     tiny_model().save_pretrained(tmp_path / "ckpt")
-    config = VLMConfig.from_dict({k: v for k, v in json.loads((tmp_path / "ckpt" / "mm_config.json").read_text()).items()
-                                  if k not in ("format_version", "mm_version")})
-    model = mm.build_vlm(config)
+    from mm.checkpoint import read_config
+
+    model = mm.build_vlm(read_config(tmp_path / "ckpt"))
     assert model.tokens_per_image == 64 and model.llm.config.hidden_size == 128
 
 
