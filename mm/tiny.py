@@ -20,7 +20,7 @@ def tiny_config_path(name: str) -> Path:
 
 
 def tiny_vlm_config(vision: str = "hf_clip", llm: str = "llama", projector: str = "mlp2x_gelu", **kwargs) -> VLMConfig:
-    """A ~1.5M-parameter model: 64px images in 8px patches (64 patches), a 4-layer 128-wide LLM.
+    """A ~1.0-1.2M-parameter model: 64px images in 8px patches (64 patches), a 4-layer 128-wide LLM.
 
     Extra keyword arguments are VLMConfig fields (e.g. `chat_template`, `image_transform`).
     """
