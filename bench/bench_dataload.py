@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
             paths[f"LLaVA-1.5: files + {name}"] = (lambda p: lambda _: count_images(
                 reference_batches(index_path, p, args.batch_size, args.device)))(processor)
         results = common.alternate(paths, rounds=rounds, warmup=warmup, device=args.device)
+        if args.profile:
+            print(common.profile_paths(paths))
         gap = pixel_gap(shards, index_path, transform, processors["CLIPImageProcessor"])
 
     ours_name, *reference_names = list(results)

@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     flops = FlopCounter.of(ours)
     runs = {name: make_step(model, inputs, batches, flops) for name, (model, inputs) in paths.items()}
     results = common.alternate(runs, rounds=args.rounds, warmup=args.warmup, device=args.device)
+    if args.profile:
+        print(common.torch_profile_paths(runs))
     return report(args, results, losses, peak_flops(args.device, args.peak_tflops), train_mix.length_summary(used), mix_counts)
 
 

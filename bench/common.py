@@ -162,6 +162,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per path (default: by mode)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds per path (default: by mode)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="after timing, print each path's top cProfile entries")
 
 
 def set_threads(threads: int | None) -> None:
@@ -170,6 +171,46 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def profile_paths(paths: dict[str, Callable[[int], dict[str, float]]], top: int = 12) -> str:
+    """One more untimed run of each path under cProfile; the ``top`` entries by own time, per path.
+
+    Own time of C functions (``{method 'resize' ...}``, ``aten`` ops reached through Python) shows
+    which kernel the time goes to; that is what BENCHMARKS.md quotes where a target is missed.
+    """
+    import cProfile
+    import io
+    import pstats
+
+    reports = []
+    for name, run in paths.items():
+        profiler = cProfile.Profile()
+        profiler.runcall(run, 0)
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+        body = "\n".join(line for line in stream.getvalue().splitlines() if line.strip())
+        reports.append(f"--- profile: {name}\n{body}")
+    return "\n".join(reports)
+
+
+def torch_profile_paths(paths: dict[str, Callable[[int], dict[str, float]]], top: int = 12) -> str:
+    """Like ``profile_paths`` with torch.profiler: operator self time, backward included (cProfile misses it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    import torch
+
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    sort_by = "self_cuda_time_total" if len(activities) > 1 else "self_cpu_time_total"
+    reports = []
+    for name, run in paths.items():
+        with profile(activities=activities) as profiler:
+            run(0)
+        table = profiler.key_averages().table(sort_by=sort_by, row_limit=top, max_name_column_width=60)
+        reports.append(f"--- torch.profiler: {name}\n{table}")
+    return "\n".join(reports)
 
 
 REQUIRED_KEYS = ("bench", "ratio", "target", "met", "device", "command")
