@@ -29,7 +29,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from bench_dataload import COCO_SHAPES, photo_like_jpeg  # noqa: E402
 
 from data_prep.convert import ConvertOptions, convert  # noqa: E402
 from data_prep.llava import load_llava  # noqa: E402
@@ -40,6 +39,8 @@ UNIQUE_IMAGES = 200
 
 def write_inputs(root: Path, num_images: int) -> tuple[Path, Path, int]:
     """`num_images` JPEG files and a LLaVA JSON index; returns (index, image root, total bytes)."""
+    # Imported here: worker processes re-import this script, and bench_dataload pulls in torch.
+    from bench_dataload import COCO_SHAPES, photo_like_jpeg
     rng = np.random.default_rng(0)
     unique = [photo_like_jpeg(rng, *COCO_SHAPES[i % len(COCO_SHAPES)]) for i in range(min(UNIQUE_IMAGES, num_images))]
     images = root / "images"

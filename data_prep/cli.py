@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from data_prep.convert import ConvertOptions, ConvertResult, OutputDirError, convert, format_summary
+from data_prep.convert import ConversionInterrupted, ConvertOptions, ConvertResult, OutputDirError, convert, format_summary
 from data_prep.images import CHECK_MODES
+from data_prep.records import SHORT_ANSWER_SUFFIX
 
 
 def _default_workers() -> int:
@@ -56,7 +57,7 @@ def cmd_llava(args: argparse.Namespace) -> None:
 
 
 def cmd_vqa(args: argparse.Namespace) -> None:
-    from data_prep.vqa import SHORT_ANSWER_SUFFIX, load_prompt_pool, load_vqa
+    from data_prep.vqa import load_prompt_pool, load_vqa
 
     pool = load_prompt_pool(args.prompt_pool) if args.prompt_pool else [args.prompt_suffix]
     samples, rejections, total = load_vqa(
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--image-pattern", default="COCO_{data_subtype}_{image_id:012d}.jpg",
                      help="image file name; fields {image_id} and {data_subtype} (from the questions file)")
     suffix = vqa.add_mutually_exclusive_group()
-    suffix.add_argument("--prompt-suffix", default="Answer the question using a single word or phrase.")
+    suffix.add_argument("--prompt-suffix", default=SHORT_ANSWER_SUFFIX, help="appended to each question on a new line")
     suffix.add_argument("--prompt-pool", help="file of suffixes (one per line, or a JSON list), one drawn per question")
     vqa.add_argument("--group-by-image", action="store_true", help="one multi-turn sample per image")
     vqa.add_argument("--source", default="vqav2")
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = list(sys.argv) if argv is None else ["mm-prep", *argv]
     try:
         args.run(args)
-    except (OutputDirError, FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+    except (OutputDirError, ConversionInterrupted, FileNotFoundError, ValueError) as error:  # a message, not a traceback
         print(f"mm-prep {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,8 @@ import sys
 import tarfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from stat import S_ISREG
@@ -38,6 +40,10 @@ PLAN_FILE = "plan.json"
 
 class OutputDirError(RuntimeError):
     """The output directory holds a different conversion."""
+
+
+class ConversionInterrupted(RuntimeError):
+    """A worker process died; the run can be resumed."""
 
 
 @dataclass
@@ -164,15 +170,24 @@ def _run_tasks(tasks: list[ShardTask], workers: int, bar: tqdm) -> list[ShardRes
     if workers == 1 or len(tasks) <= 1:
         return [write_shard(task, bar.update) for task in tasks]
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:  # workers fork from a clean server with the shard writer imported
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["data_prep.shards"])
+    else:
+        context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    with context.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
-        pending = [pool.apply_async(_worker_write_shard, (task,)) for task in tasks]
-        while not all(result.ready() for result in pending):
+    # An executor, not multiprocessing.Pool: a worker killed from outside (e.g. out of memory)
+    # fails its futures instead of leaving the run waiting forever.
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_init_worker, initargs=(queue,)) as pool:
+        futures = [pool.submit(_worker_write_shard, task) for task in tasks]
+        while not all(future.done() for future in futures):
             _drain(queue, bar, timeout=0.1)
-        results = [result.get() for result in pending]  # re-raises a worker's exception
         _drain(queue, bar, timeout=0)
-    return results
+        try:
+            return [future.result() for future in futures]  # re-raises a worker's exception
+        except BrokenProcessPool:
+            raise ConversionInterrupted("a worker process died (killed, out of memory?); "
+                                        "complete shards are kept: rerun the same command to resume") from None
 
 
 _progress_queue = None

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IMAGE_TOKEN = "<image>"
+# LLaVA-1.5's answer-format prompts; training data and evaluation prompts must use the same text.
+SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
+MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
 ROLES = ("human", "gpt")
 SYSTEM_ROLE = "system"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.records import (
-    DUPLICATE_ID, EMPTY_MESSAGE, MALFORMED_RECORD, NO_ANSWER, IMAGE_TOKEN, IdRegistry, ImageRef, RecordError, Rejection, Sample, check_conversation,
+    DUPLICATE_ID, EMPTY_MESSAGE, IMAGE_TOKEN, MALFORMED_RECORD, NO_ANSWER, SHORT_ANSWER_SUFFIX,
+    IdRegistry, ImageRef, RecordError, Rejection, Sample, check_conversation,
 )  # fmt: skip
 
-SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 DEFAULT_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.convert import ConvertOptions, ConvertResult, convert
-from data_prep.records import IMAGE_TOKEN, IdRegistry, ImageRef, Sample, check_conversation
+from data_prep.records import (
+    IMAGE_TOKEN, MULTIPLE_CHOICE_SUFFIX, SHORT_ANSWER_SUFFIX, IdRegistry, ImageRef, Sample, check_conversation,
+)  # fmt: skip
 from data_prep.synth.programs import LETTERS, PROGRAMS, QA, ask, description
 from data_prep.synth.world import Scene, WorldConfig, render_png, sample_scene
 
-SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
 CAPTION_PROMPTS = (
     "Describe the image briefly.",
     "Give a short description of the picture.",
