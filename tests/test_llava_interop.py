@@ -60,15 +60,18 @@ def batch(model_or_tokens_per_image, image_token_id=4):
     return ids, mask, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
+def positions(mask):
+    return (mask.cumsum(-1) - 1).clamp(min=0)  # left padding does not shift positions
+
+
 def llava_logits(llava, ids, mask, pixels):
     with torch.no_grad():
-        return llava(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+        return llava(input_ids=ids, attention_mask=mask, position_ids=positions(mask), pixel_values=pixels).logits
 
 
 def our_logits(model, ids, mask, pixels):
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as transformers derives them from the mask
     with torch.no_grad():
-        return model(ids, pixels, attention_mask=mask, position_ids=position_ids).logits
+        return model(ids, pixels, attention_mask=mask, position_ids=positions(mask)).logits
 
 
 @pytest.mark.parametrize(
