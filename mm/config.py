@@ -21,11 +21,11 @@ class VisionTowerConfig:
     kind: str = "hf_clip"
     """Tower family: one of `open_clip`, `hf_clip`, `hf_siglip`."""
     name_or_path: str = "openai/clip-vit-large-patch14-336"
-    """Hub id, local directory, config JSON path, or open_clip model name."""
+    """Hub id or local directory (weights), config JSON path (random init), open_clip model name, or ""."""
     pretrained: str | None = None
     """open_clip only: pretrained tag (e.g. `openai`) or a local weights file."""
     model_config: dict[str, Any] | None = None
-    """Inline architecture, recorded in checkpoints so they rebuild offline (weights then come from the checkpoint)."""
+    """Inline architecture: used when `name_or_path` is "" (random init) or a checkpoint supplies the weights."""
     select_layer: int = -2
     """Hidden-state index whose features are used (0 = embeddings, -1 = last block, -2 = penultimate)."""
     keep_prefix_tokens: bool = False
@@ -51,9 +51,9 @@ class LLMConfig:
     """Which causal language model to use."""
 
     name_or_path: str = "lmsys/vicuna-7b-v1.5"
-    """Hub id, local directory (weights are loaded) or config JSON path (random init)."""
+    """Hub id or local directory (weights), config JSON path (random init), or "" (use `model_config`)."""
     model_config: dict[str, Any] | None = None
-    """Inline transformers config, recorded in checkpoints so they rebuild offline (weights from the checkpoint)."""
+    """Inline transformers config: used when `name_or_path` is "" (random init) or a checkpoint supplies weights."""
     tokenizer: str | None = None
     """Tokenizer hub id or directory; None = `name_or_path`."""
     attn_implementation: str = "sdpa"

@@ -19,8 +19,8 @@ def build_llm(config: LLMConfig, *, load_weights: bool = True, trust_remote_code
     from transformers import AutoModelForCausalLM
 
     common = {"attn_implementation": config.attn_implementation, "trust_remote_code": trust_remote_code}
-    if config.name_or_path.endswith(".json") or not load_weights:
-        hf_config = _config_from_dict(_llm_arch(config, load_weights), trust_remote_code)
+    if config.name_or_path.endswith(".json") or not config.name_or_path or not load_weights:
+        hf_config = _config_from_dict(_llm_arch(config), trust_remote_code)
         return AutoModelForCausalLM.from_config(hf_config, **common)
     refuse_llava_directory(config.name_or_path)
     return AutoModelForCausalLM.from_pretrained(config.name_or_path, dtype="auto", **common)
@@ -88,8 +88,9 @@ def enable_activation_checkpointing(hf_model: nn.Module) -> None:
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _llm_arch(config: LLMConfig, load_weights: bool) -> dict:
-    if not load_weights and config.model_config is not None:
+def _llm_arch(config: LLMConfig) -> dict:
+    """Only reached when no weights are loaded from `name_or_path`: the inline config wins over a JSON."""
+    if config.model_config is not None:
         return config.model_config
     if not config.name_or_path.endswith(".json"):
         raise ValueError("building an LLM without weights needs an inline `model_config` or a config JSON")

@@ -240,3 +240,19 @@ def test_parts_of_a_llava_directory_are_refused(tmp_path):
     config.vision = VisionTowerConfig(kind="hf_clip", name_or_path=str(tmp_path))
     with pytest.raises(ValueError, match="is a llava-hf directory"):
         mm.build_vlm(config)
+
+
+def test_parts_from_inline_config_dicts():
+    """name_or_path "" + model_config: a new model with random weights, no files needed."""
+    from mm.config import LLMConfig, VisionTowerConfig
+
+    config = tiny_vlm_config()
+    config.vision = VisionTowerConfig(kind="hf_siglip", name_or_path="",
+                                      model_config=json.loads(tiny_config_path("hf_siglip").read_text()))
+    config.llm = LLMConfig(name_or_path="", model_config=json.loads(tiny_config_path("qwen2").read_text()),
+                           tokenizer=str(TOKENIZER_DIR))
+    model = mm.build_vlm(config)
+    assert type(model.llm).__name__ == "Qwen2ForCausalLM" and model.vision_tower.num_prefix_tokens == 0
+    config.llm = LLMConfig(name_or_path="", tokenizer=str(TOKENIZER_DIR))
+    with pytest.raises(ValueError, match="needs an inline `model_config` or a config JSON"):
+        mm.build_vlm(config)

@@ -81,7 +81,7 @@ class HFSiglipVisionTower(HFVisionTower):
 
 def _hf_source(config: VisionTowerConfig, load_weights: bool) -> str:
     """'weights' (from_pretrained), 'json' (config file, random init) or 'inline' (rebuild without weights)."""
-    if not load_weights:
+    if not load_weights or not config.name_or_path:
         if config.model_config is not None:
             return "inline"
         if not config.name_or_path.endswith(".json"):
