@@ -51,7 +51,7 @@ def cmd_llava(args: argparse.Namespace) -> None:
     from data_prep.llava import load_llava
 
     source = args.source or Path(args.annotations).stem
-    samples, rejections, total = load_llava(args.annotations, args.image_root, source)
+    samples, rejections, total = load_llava(args.annotations, args.image_root, source, args.source_by_image_dir)
     info = {"annotations": str(args.annotations), "image_root": str(args.image_root)}
     _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=source, input_info=info))
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     llava.add_argument("--annotations", required=True, help="LLaVA .json (list) or .jsonl file")
     llava.add_argument("--image-root", default=".", help="folder the records' image paths are relative to")
     llava.add_argument("--source", default=None, help="dataset name stored with each sample (default: file stem)")
+    llava.add_argument("--source-by-image-dir", action="store_true",
+                       help="source = SOURCE/<first folder of the image path> (SOURCE/text for text-only), for mixtures")
     _add_shard_options(llava)
     llava.set_defaults(run=cmd_llava)
 

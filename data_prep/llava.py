@@ -49,7 +49,16 @@ def _image_paths(record: dict) -> list[str]:
     return paths
 
 
-def parse_record(record: Any, index: int, image_root: str | Path, source: str) -> Sample:
+def source_by_image_dir(source: str, image_paths: list[str]) -> str:
+    """`{source}/{first folder of the first image}` (`{source}/text` for text-only records): the
+    sub-datasets of a mixture such as llava_v1_5_mix665k (coco, gqa, ocr_vqa, textvqa, vg)."""
+    if not image_paths:
+        return f"{source}/text"
+    parts = Path(image_paths[0]).parts
+    return f"{source}/{parts[0] if len(parts) > 1 else '.'}"
+
+
+def parse_record(record: Any, index: int, image_root: str | Path, source: str, by_image_dir: bool = False) -> Sample:
     """Validate one LLaVA record's structure; raise `RecordError` for a bad one."""
     if not isinstance(record, dict):
         raise RecordError(MALFORMED_RECORD, f"record is a {type(record).__name__}, not an object")
@@ -64,10 +73,12 @@ def parse_record(record: Any, index: int, image_root: str | Path, source: str) -
     extra = {k: v for k, v in record.items() if k not in _KNOWN_FIELDS}
     if extra:
         meta["record_extra"] = extra
+    source = source_by_image_dir(source, paths) if by_image_dir else source
     return Sample(index, record["id"], source, record["conversations"], images, meta, original=record)
 
 
-def load_llava(annotations: str | Path, image_root: str | Path, source: str) -> tuple[list[Sample], list[Rejection], int]:
+def load_llava(annotations: str | Path, image_root: str | Path, source: str,
+               by_image_dir: bool = False) -> tuple[list[Sample], list[Rejection], int]:  # fmt: skip
     """All records of an annotation file -> (samples, rejections, number of input records)."""
     samples, rejections, registry = [], [], IdRegistry()
     index = -1
@@ -76,7 +87,7 @@ def load_llava(annotations: str | Path, image_root: str | Path, source: str) -> 
         try:
             if error is not None:
                 raise RecordError(MALFORMED_RECORD, error)
-            sample = parse_record(record, index, image_root, source)
+            sample = parse_record(record, index, image_root, source, by_image_dir)
             sample.key = registry.claim(sample.id)
         except RecordError as bad:
             rejections.append(Rejection(index, record_id, bad.reason, bad.detail, record))

@@ -30,14 +30,14 @@ def test_inspect_counts_and_contact_sheet(tmp_path, capsys):
     (tmp_path / "mix.json").write_text(json.dumps(records))
     out = tmp_path / "out"
     assert main(["llava", "--annotations", str(tmp_path / "mix.json"), "--image-root", str(images), "--out", str(out),
-                 "--workers", "1", "--no-progress", "--samples-per-shard", "2"]) == 0  # fmt: skip
+                 "--workers", "1", "--no-progress", "--samples-per-shard", "2", "--source-by-image-dir"]) == 0  # fmt: skip
     capsys.readouterr()
     sheet = tmp_path / "sheet.html"
     assert main(["inspect", str(out), "--json", "--dump", "3", "--dump-out", str(sheet)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(printed[: printed.rindex("}") + 1])
     assert report["num_samples"] == 3 and report["num_images"] == 3 and report["num_shards"] == 2
-    assert report["sources"] == {"mix": 3}
+    assert report["sources"] == {"mix/text": 1, "mix/.": 2}  # per-source breakdown, sources from image folders
     assert report["images_per_sample"] == {"0": 1, "1": 1, "2": 1}
     assert report["image_formats"] == {"png": 3}
     assert report["turns"] == {"min": 1, "mean": 1.33, "median": 1, "p95": 2, "max": 2}

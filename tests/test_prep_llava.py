@@ -300,3 +300,12 @@ def test_a_dead_worker_is_a_clear_resumable_error(dataset, tmp_path):
     with pytest.raises(ConversionInterrupted, match="rerun the same command to resume"):
         convert(samples, rejections, options, num_input_records=total, source="fixture")
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_source_by_image_dir_names_the_sub_datasets_of_a_mixture():
+    from data_prep.llava import source_by_image_dir
+
+    assert source_by_image_dir("mix665k", ["coco/train2017/000000033471.jpg"]) == "mix665k/coco"
+    assert source_by_image_dir("mix665k", ["ocr_vqa/images/1.jpg", "gqa/images/2.jpg"]) == "mix665k/ocr_vqa"
+    assert source_by_image_dir("mix665k", []) == "mix665k/text"
+    assert source_by_image_dir("mix665k", ["top.jpg"]) == "mix665k/."
