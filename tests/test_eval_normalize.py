@@ -1,9 +1,9 @@
-"""Odd cases of the official VQA normalisation and of the EvalAI answer processor (hand-derived)."""
+"""Odd cases of the official VQA normalisation, VizWiz's copy and the EvalAI answer processor (hand-derived)."""
 
 import pytest
 
-from eval.scoring.normalize import (evalai_normalize, vqa_normalize_prediction, vqa_process_digit_article,
-                                    vqa_process_punctuation)
+from eval.scoring.normalize import (CONTRACTIONS, VIZWIZ_CONTRACTIONS, evalai_normalize, vqa_normalize,
+                                    vqa_process_digit_article, vqa_process_punctuation)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -27,8 +27,8 @@ from eval.scoring.normalize import (evalai_normalize, vqa_normalize_prediction, 
     ("man's hat", "man's hat"),       # apostrophes are not punctuation here
     ("  yes\tno\n", "yes no"),        # tabs/newlines to spaces, stripped
 ])
-def test_vqa_prediction_normalisation(text, expected):
-    assert vqa_normalize_prediction(text) == expected
+def test_vqa_normalisation(text, expected):
+    assert vqa_normalize(text) == expected
 
 
 def test_punctuation_conditions_are_tested_on_the_input():
@@ -63,3 +63,25 @@ def test_digit_article_does_not_touch_punctuation():
 ])
 def test_evalai_processor(text, expected):
     assert evalai_normalize(text) == expected
+
+
+def test_vizwiz_contraction_table_has_typographic_apostrophes():
+    # Entries as written in VizWiz's vqaEval.py (U+2019 = \u2019), including its ASCII leftovers.
+    assert len(VIZWIZ_CONTRACTIONS) == len(CONTRACTIONS) == 120
+    assert VIZWIZ_CONTRACTIONS["dont"] == "don\u2019t"
+    assert VIZWIZ_CONTRACTIONS["cant"] == "can't" and VIZWIZ_CONTRACTIONS["whove"] == "who've"
+    assert VIZWIZ_CONTRACTIONS["couldn'tve"] == "couldn\u2019t\u2019ve"  # ASCII key, typographic value
+    assert VIZWIZ_CONTRACTIONS["let\u2019s"] == "let\u2019s" and "let's" not in VIZWIZ_CONTRACTIONS
+    assert VIZWIZ_CONTRACTIONS["twas"] == "\u2019twas"
+
+
+@pytest.mark.parametrize("text, vqa, vizwiz", [
+    ("dont know", "don't know", "don\u2019t know"),
+    ("Whats that", "what's that", "what\u2019s that"),
+    ("cant", "can't", "can't"),
+    ("let's", "let's", "let's"),            # ASCII "let's" is no key of VizWiz's table
+    ("let\u2019s", "let\u2019s", "let\u2019s"),
+])
+def test_vizwiz_normalisation_uses_its_own_table(text, vqa, vizwiz):
+    assert vqa_normalize(text) == vqa
+    assert vqa_normalize(text, VIZWIZ_CONTRACTIONS) == vizwiz

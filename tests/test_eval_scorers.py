@@ -5,7 +5,9 @@ import pytest
 from eval.scoring.choice import (ChoiceItem, CircularItem, extract_choice, mmbench_metrics, scienceqa_metrics,
                                  scienceqa_parse, seed_metrics)
 from eval.scoring.gqa import GQAItem, gqa_metrics
-from eval.scoring.vqa import VQAItem, leave_one_out_accuracy, textvqa_metrics, vqa_metrics, vqa_question_accuracy
+from eval.scoring.vqa import (VQAItem, leave_one_out_accuracy, textvqa_metrics, vizwiz_question_accuracy, vqa_metrics,
+                              vqa_question_accuracy)
+from eval.tasks.base import TaskDataError
 from eval.scoring.yesno import MMEItem, YesNoItem, mme_metrics, mme_parse, pope_answer_is_yes, pope_metrics
 
 
@@ -18,23 +20,50 @@ def test_leave_one_out_matches_formula():
     assert leave_one_out_accuracy(["dog"] * 10, "cat") == 0.0
 
 
-def test_prediction_always_normalised():
-    assert vqa_question_accuracy(["2"] * 3 + ["3"] * 7, "Two") == pytest.approx(0.9)
+# Golden cases that tell the VQA evaluation variants apart (hand-derived):
+#   master = GT-Vision-Lab vqaEval.py since 2021 (ours for VQAv2/OK-VQA): whitespace-clean everything; only
+#            when the ten GTs differ, fully normalise GTs and prediction; case-sensitive equality.
+#   2016   = its 2016-2020 version: prediction always normalised, GTs punctuation-only when they differ.
+#   lower  = master comparing .lower() of both (a third-party edit).
+#   vizwiz = VizWiz's vqaEval.py: prediction always normalised (own contraction table), GTs never.
+VARIANT_CASES = [
+    # (gts, prediction, master, 2016 (for the record; not implemented), vizwiz)
+    (["t-shirt"] * 10, "t-shirt", 1.0, 0.0, 0.0),   # unanimous: compared raw in master only
+    (["2"] * 10, "Two", 0.0, 1.0, 1.0),             # unanimous: master leaves "Two" as is
+    (["two"] * 9 + ["2"], "two", 1.0, 0.3, 0.3),    # differing: master maps every GT "two" to "2"
+    (["Yes"] * 3 + ["no"] * 7, "yes", 0.9, 0.0, 0.0),  # differing: master lowercases the GTs
+    (["red"] * 9 + ["red\n"], "Red", 0.0, 1.0, 1.0),   # GTs whitespace-cleaned first: unanimous
+    (["don't"] * 3 + ["no"] * 7, "dont", 0.9, 0.9, 0.0),  # VizWiz restores "don\u2019t" (typographic)
+]
 
 
-def test_unanimous_ground_truth_is_left_raw():
-    # All ten say "t-shirt": ground truths untouched, prediction becomes "t shirt" -> no match.
-    assert vqa_question_accuracy(["t-shirt"] * 10, "t-shirt") == 0.0
-    # One dissenter: ground truths get the punctuation step too -> "t shirt" x 9 -> full credit.
-    assert vqa_question_accuracy(["t-shirt"] * 9 + ["shirt"], "t-shirt") == 1.0
-    # VizWiz never normalises ground truths.
-    assert vqa_question_accuracy(["t-shirt"] * 9 + ["shirt"], "t-shirt", normalize_gt=False) == 0.0
+@pytest.mark.parametrize("gts, prediction, master, _2016, vizwiz", VARIANT_CASES)
+def test_vqa_and_vizwiz_rules_on_cases_where_variants_differ(gts, prediction, master, _2016, vizwiz):
+    assert vqa_question_accuracy(gts, prediction) == pytest.approx(master)
+    assert vizwiz_question_accuracy(gts, prediction) == pytest.approx(vizwiz)
 
 
-def test_ground_truth_gets_punctuation_but_not_digit_article_step():
-    # GT "two" is never mapped to "2", while the prediction "two" is.
-    assert vqa_question_accuracy(["two"] * 5 + ["2"] * 5, "two") == pytest.approx(1.0)  # 5 "2"s match
-    assert vqa_question_accuracy(["two"] * 9 + ["2"], "two") == pytest.approx(0.3)
+def test_master_is_case_sensitive_when_ground_truths_agree():
+    # The ".lower()" variant would give 1.0 here.
+    assert vqa_question_accuracy(["Yes"] * 10, "yes") == 0.0
+
+
+def test_evalai_postprocessed_predictions_through_each_rule():
+    # LLaVA-1.5's path: EvalAI first ("Two" -> "2", "T-Shirt" -> "t shirt"), then the official rule.
+    items = [VQAItem(["two"] * 9 + ["2"], "Two", "how many", "number"),
+             VQAItem(["t-shirt"] * 10, "T-Shirt", "what is", "other")]
+    # master: "2" vs ten "2" -> 1.0; "t shirt" vs ten raw "t-shirt" -> 0.  VizWiz: 0.3 and 0.
+    assert vqa_metrics(items)["per_answer_type"] == {"number": 100.0, "other": 0.0}
+    vizwiz = vqa_metrics(items, normalize_gt=False)
+    assert vizwiz["overall"] == 15.0 and vizwiz["per_answer_type"] == {"number": 30.0, "other": 0.0}
+
+
+def test_vizwiz_unanswerable_is_an_ordinary_answer_with_its_own_type():
+    items = [VQAItem(["unanswerable"] * 8 + ["blurry"] * 2, "Unanswerable.", "", "unanswerable"),
+             VQAItem(["unanswerable"] * 2 + ["soup"] * 8, "unanswerable", "", "other")]
+    # 8 matches -> 1.0; 2 matches -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6
+    m = vqa_metrics(items, normalize_gt=False)
+    assert m["overall"] == 80.0 and m["per_answer_type"] == {"other": 60.0, "unanswerable": 100.0}
 
 
 def test_vqa_metrics_rounding_and_breakdowns():
@@ -53,8 +82,32 @@ def test_textvqa_normalises_ground_truth_always():
     items = [VQAItem(["Coca-Cola"] * 10, "coca cola"), VQAItem(["stop"] * 2 + ["go"] * 8, "STOP")]
     # first: both -> "coca cola": 1.0; second: 2 matches -> 0.6. mean 0.8
     assert textvqa_metrics(items) == {"overall": 80.0}
-    # the VQAv2 path leaves the unanimous "Coca-Cola" raw, so it scores 0 there
+    # the VQAv2 path compares the unanimous "Coca-Cola" raw with EvalAI's "coca cola": 0 there
     assert vqa_metrics(items[:1])["overall"] == 0.0
+
+
+def test_textvqa_is_leave_one_out_not_min_of_matches_over_three():
+    # 3 of 10 say "stop": min(1, 3/3) would be 1.0; m4c averages over the left-out answers:
+    # (3 * 2/3 + 7 * 1) / 10 = 0.9
+    assert textvqa_metrics([VQAItem(["stop"] * 3 + ["go"] * 7, "stop")]) == {"overall": 90.0}
+
+
+def test_textvqa_requires_ten_answers():
+    with pytest.raises(TaskDataError, match="exactly 10 ground-truth answers.*got 9"):
+        textvqa_metrics([VQAItem(["stop"] * 9, "stop")])
+
+
+def test_percentages_use_each_references_order_of_operations():
+    # 23/160*100 = 14.374999999999998 -> 14.37 (GQA, ScienceQA, SEED, TextVQA); 100*23/160 = 14.375 -> 14.38
+    right, wrong = [GQAItem("yes", "yes", "verify")] * 23, [GQAItem("yes", "no", "verify")] * 137
+    assert gqa_metrics(right + wrong)["overall"] == 14.37
+    assert scienceqa_metrics([ChoiceItem("A", "A")] * 23 + [ChoiceItem("A", "B")] * 137)["overall"] == 14.37
+    assert seed_metrics([ChoiceItem("A", "A")] * 23 + [ChoiceItem("A", "B")] * 137)["overall"] == 14.37
+    textvqa = [VQAItem(["x"] * 10, "x")] * 23 + [VQAItem(["x"] * 10, "y")] * 137
+    assert textvqa_metrics(textvqa)["overall"] == 14.37
+    # The VQA evaluation computes 100 * sum / count.
+    vqa = [VQAItem(["x"] * 10, "x")] * 23 + [VQAItem(["x"] * 10, "y")] * 137
+    assert vqa_metrics(vqa)["overall"] == 14.38
 
 
 @pytest.mark.parametrize("text, is_yes", [

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Hashable, Iterable
+from typing import Callable, Hashable, Iterable
 
 
 def percent(numerator: float, denominator: int) -> float:
-    """100 * numerator / denominator, or 0.0 for an empty group (never a division error)."""
+    """100 * numerator / denominator (the VQA evaluation's order of operations), 0.0 for an empty group."""
     return 100.0 * numerator / denominator if denominator else 0.0
 
 
-def grouped_mean_percent(pairs: Iterable[tuple[Hashable, float]], digits: int | None = 2) -> dict:
-    """{group: 100 * mean(score)} over (group, score) pairs, optionally rounded."""
+def fraction_percent(numerator: float, denominator: int) -> float:
+    """(numerator / denominator) * 100, 0.0 for an empty group.
+
+    Most reference scripts take the fraction first; the two orders can differ in the last bit, which
+    can flip a 2-decimal rounding, so each scorer uses its reference's order.
+    """
+    return numerator / denominator * 100.0 if denominator else 0.0
+
+
+def grouped_mean_percent(pairs: Iterable[tuple[Hashable, float]], digits: int | None = 2,
+                         to_percent: Callable[[float, int], float] = percent) -> dict:
+    """{group: mean score as a percentage} over (group, score) pairs, optionally rounded."""
     sums: dict = defaultdict(float)
     counts: dict = defaultdict(int)
     for group, score in pairs:
@@ -20,6 +30,6 @@ def grouped_mean_percent(pairs: Iterable[tuple[Hashable, float]], digits: int | 
         counts[group] += 1
     out = {}
     for group in sorted(sums, key=str):
-        value = percent(sums[group], counts[group])
+        value = to_percent(sums[group], counts[group])
         out[str(group)] = round(value, digits) if digits is not None else value
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from eval.scoring.common import grouped_mean_percent, percent
+from eval.scoring.common import fraction_percent, grouped_mean_percent
 
 
 def gqa_prepare(text: str) -> str:
@@ -24,15 +24,17 @@ class GQAItem:
 
 
 def gqa_metrics(items: Sequence[GQAItem]) -> dict:
-    """Accuracy, binary (structural type verify/logical/choose/compare) vs open (query) accuracy and
-    per-type accuracy, as percentages with 2 decimals (the official script prints %.2f)."""
+    """Accuracy, binary (structural type other than query) vs open (query) accuracy and per-type
+    accuracy, as the official `eval.py` prints them: mean * 100, 2 decimals."""
     right = [i.prediction is not None and gqa_prepare(i.prediction) == i.answer for i in items]
     open_ = [r for i, r in zip(items, right) if i.structural == "query"]
     binary = [r for i, r in zip(items, right) if i.structural != "query"]
     return {
-        "overall": round(percent(sum(right), len(items)), 2),
-        "binary": round(percent(sum(binary), len(binary)), 2),
-        "open": round(percent(sum(open_), len(open_)), 2),
-        "per_structural_type": grouped_mean_percent((i.structural, float(r)) for i, r in zip(items, right)),
-        "per_semantic_type": grouped_mean_percent((i.semantic, float(r)) for i, r in zip(items, right)),
+        "overall": round(fraction_percent(sum(right), len(items)), 2),
+        "binary": round(fraction_percent(sum(binary), len(binary)), 2),
+        "open": round(fraction_percent(sum(open_), len(open_)), 2),
+        "per_structural_type": grouped_mean_percent(((i.structural, float(r)) for i, r in zip(items, right)),
+                                                    to_percent=fraction_percent),
+        "per_semantic_type": grouped_mean_percent(((i.semantic, float(r)) for i, r in zip(items, right)),
+                                                  to_percent=fraction_percent),
     }

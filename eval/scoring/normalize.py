@@ -1,7 +1,8 @@
-"""Answer normalisation of the official VQA evaluation and of the EvalAI answer processor.
+"""Answer normalisation of the official VQA evaluation, VizWiz's copy of it, and the EvalAI answer processor.
 
-Both are reimplemented rule by rule (including their quirks) so scores equal the reference scorers:
+All are reimplemented rule by rule (including their quirks) so scores equal the reference scorers:
 - `vqa_process_punctuation` / `vqa_process_digit_article`: GT-Vision-Lab `vqaEval.py`;
+- `VIZWIZ_CONTRACTIONS`: the contraction table of VizWiz's `vqaEval.py` (typographic apostrophes);
 - `evalai_normalize`: the EvalAI answer processor LLaVA-1.5 applies to predictions before submission,
   and TextVQA's evaluator applies to predictions and ground truths.
 """
@@ -44,6 +45,24 @@ CONTRACTIONS: dict[str, str] = {
     "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've",
     "youll": "you'll", "youre": "you're", "youve": "you've",
 }
+# VizWiz's vqaEval.py carries GT-Vision-Lab's table as it was before the 2016 "apostrophe symbol" fix
+# (commit 458a8b2): the same 120 entries, written with the typographic apostrophe U+2019 except for
+# these values and keys, which have the ASCII one. So VizWiz turns a predicted "dont" into "don\u2019t".
+_VIZWIZ_ASCII_VALUES = frozenset({"aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"})
+_VIZWIZ_ASCII_KEYS = frozenset({"couldn'tve", "hadn'tve"})
+_TYPOGRAPHIC_APOSTROPHE = "\u2019"
+
+
+def _vizwiz_contractions() -> dict[str, str]:
+    table = {}
+    for key, value in CONTRACTIONS.items():
+        new_key = key if key in _VIZWIZ_ASCII_KEYS else key.replace("'", _TYPOGRAPHIC_APOSTROPHE)
+        new_value = value if key in _VIZWIZ_ASCII_VALUES else value.replace("'", _TYPOGRAPHIC_APOSTROPHE)
+        table[new_key] = new_value
+    return table
+
+
+VIZWIZ_CONTRACTIONS: dict[str, str] = _vizwiz_contractions()
 NUMBER_WORDS: dict[str, str] = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
@@ -78,21 +97,21 @@ def vqa_process_punctuation(text: str) -> str:
     return _process_punctuation(text, VQA_COMMA_BETWEEN_DIGITS)
 
 
-def vqa_process_digit_article(text: str) -> str:
+def vqa_process_digit_article(text: str, contractions: dict[str, str] = CONTRACTIONS) -> str:
     """`processDigitArticle`: lowercase, number words to digits, drop articles, restore contractions."""
     words = [NUMBER_WORDS.get(word, word) for word in text.lower().split()]
     words = [word for word in words if word not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+    return " ".join(contractions.get(word, word) for word in words)
 
 
 def vqa_clean_whitespace(text: str) -> str:
-    """Tabs and newlines to spaces, then strip (applied to predictions before normalising)."""
+    """Tabs and newlines to spaces, then strip (the first step for every answer)."""
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
-def vqa_normalize_prediction(text: str) -> str:
-    """What the official VQA evaluation does to every prediction before matching."""
-    return vqa_process_digit_article(vqa_process_punctuation(vqa_clean_whitespace(text)))
+def vqa_normalize(text: str, contractions: dict[str, str] = CONTRACTIONS) -> str:
+    """The full VQA normalisation: whitespace, punctuation, then digits/articles/contractions."""
+    return vqa_process_digit_article(vqa_process_punctuation(vqa_clean_whitespace(text)), contractions)
 
 
 def evalai_normalize(text: str) -> str:
