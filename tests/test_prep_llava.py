@@ -309,3 +309,45 @@ def test_source_by_image_dir_names_the_sub_datasets_of_a_mixture():
     assert source_by_image_dir("mix665k", ["ocr_vqa/images/1.jpg", "gqa/images/2.jpg"]) == "mix665k/ocr_vqa"
     assert source_by_image_dir("mix665k", []) == "mix665k/text"
     assert source_by_image_dir("mix665k", ["top.jpg"]) == "mix665k/."
+
+
+def test_resume_after_sigkill_of_the_real_command(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "images"
+    root.mkdir()
+    data = image_bytes("JPEG", (16, 16))
+    records = []
+    for i in range(600):
+        (root / f"{i}.jpg").write_bytes(data)
+        records.append({"id": i, "image": f"{i}.jpg", "conversations": [human("<image>\nWhat?"), gpt(f"Number {i}.")]})
+    (tmp_path / "d.json").write_text(json.dumps(records))
+
+    def command(out):
+        return ["llava", "--annotations", str(tmp_path / "d.json"), "--image-root", str(root), "--out", str(out),
+                "--samples-per-shard", "4", "--workers", "1", "--no-progress"]  # fmt: skip
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from data_prep.cli import main; sys.exit(main(sys.argv[1:]))",
+                                *command(out)], stdout=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("shard-*.tar"))) < 5 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = sorted(out.glob("shard-*.tar"))
+    assert 5 <= len(written) < 150 and not (out / "manifest.json").exists(), "the kill must land mid-run"
+    before = {p.name: p.stat().st_mtime_ns for p in written}
+    assert main(command(out)) == 0
+    assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # kept, not redone
+    clean = tmp_path / "clean"
+    assert main(command(clean)) == 0
+    finished, reference = _files(out), _files(clean)
+    manifests = [json.loads(files.pop("manifest.json")) for files in (finished, reference)]
+    commands = [m.pop("command") for m in manifests]
+    assert [c[c.index("--out") + 1] for c in commands] == [str(out), str(clean)]  # the only difference
+    assert manifests[0] == manifests[1] and finished == reference
