@@ -233,3 +233,41 @@ def test_gqa_exact_match_after_preparation():
     assert m["overall"] == 50.0
     assert m["binary"] == 50.0 and m["open"] == 50.0
     assert m["per_semantic_type"] == {"attr": 100.0, "obj": 0.0, "rel": 100.0}
+
+
+def _mme_subtask(name, correct_flags):
+    """Three images, two questions each (answer "Yes"); a flag says whether the prediction is right."""
+    return [MMEItem(name, f"{name}{k // 2}.png", "Yes", "Yes" if ok else "No") for k, ok in enumerate(correct_flags)]
+
+
+def test_mme_adds_like_the_eval_tool():
+    existence = _mme_subtask("existence", [1, 0, 0, 0, 0, 0])  # acc 1/6 * 100, acc+ 0
+    count = _mme_subtask("count", [0, 0, 1, 0, 0, 0])          # the same
+    ocr = _mme_subtask("OCR", [1, 1, 0, 0, 0, 0])              # acc 2/6 * 100, acc+ 1/3 * 100
+    m = mme_metrics(existence + count + ocr)
+    # fraction first: 1/6*100 = 16.666666666666664 (100*1/6 would be 16.666666666666668)
+    assert m["subtasks"]["existence"]["acc"] == 16.666666666666664
+    assert m["subtasks"]["OCR"]["score"] == 66.66666666666666
+    # summed in the tool's subtask order (existence, count, ..., OCR): 99.99999999999999;
+    # alphabetical order (OCR, count, existence) would give 99.99999999999997
+    assert m["perception"] == 99.99999999999999
+
+
+@pytest.mark.parametrize("text, choice", [
+    ("A cat, not B", "A"),                         # two letters: option texts decide (only "cat" occurs)
+    ("B or C: a dog", "B"),
+    ("Cannot determine the answer", "Z"),           # VLMEvalKit's refusals pick no option
+    ("Z", "Z"),                                     # a lone "Z" with no option letter
+    ("A or Z", "A"),
+    ("cannot determine the answer", None),          # refusals match case-sensitively
+])
+def test_mmbench_choice_extraction_follows_vlmevalkit(text, choice):
+    assert extract_choice(text, OPTIONS) == choice
+
+
+def test_mmbench_refusal_is_wrong_but_parsed():
+    rotations = [{"A": "cat", "B": "dog"}, {"A": "dog", "B": "cat"}]
+    items = [CircularItem(1, "A", rotations[0], "I'm sorry, but without the image provided I can't say"),
+             CircularItem(1, "B", rotations[1], "B")]
+    m = mmbench_metrics(items)
+    assert (m["overall"], m["single_pass"], m["unparsed"]) == (0.0, 0.0, 0)

@@ -1,4 +1,5 @@
-"""Multiple choice: ScienceQA (LLaVA's option parsing), MMBench (circular), SEED-Bench (exact letter)."""
+"""Multiple choice: ScienceQA (LLaVA's option parsing), MMBench (circular, VLMEvalKit's rule-based matching),
+SEED-Bench (exact letter)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
-from eval.scoring.common import grouped_mean_percent, percent
+from eval.scoring.common import fraction_percent, grouped_mean_percent
 
 SCIENCEQA_LETTERS = ("A", "B", "C", "D", "E")
 # LLaVA's pattern, including its unescaped "." (any character after the letter).
@@ -43,38 +44,56 @@ class ChoiceItem:
 
 
 def scienceqa_metrics(items: Sequence[ChoiceItem]) -> dict:
-    """Accuracy over the given problems (LLaVA's IMG-Accuracy on the image subset), 2 decimals as
-    LLaVA prints it; a missing prediction is "FAILED" as in LLaVA. Breakdown by subject."""
+    """Accuracy over the given problems (LLaVA's IMG-Accuracy on the image subset): correct / total * 100,
+    2 decimals as LLaVA prints it; a missing prediction is "FAILED" as in LLaVA. Breakdown by subject."""
     parsed = [scienceqa_parse(i.prediction) if i.prediction is not None else "FAILED" for i in items]
     right = [scienceqa_choice_index(p, i.num_choices) == SCIENCEQA_LETTERS.index(i.answer)
              for p, i in zip(parsed, items)]
     return {
-        "overall": round(percent(sum(right), len(items)), 2),
+        "overall": round(fraction_percent(sum(right), len(items)), 2),
         "failed_to_parse": sum(p == "FAILED" for p in parsed),
-        "per_subject": grouped_mean_percent((i.group, float(r)) for i, r in zip(items, right)),
+        "per_subject": grouped_mean_percent(((i.group, float(r)) for i, r in zip(items, right)),
+                                            to_percent=fraction_percent),
     }
 
 
 _OPTION_SEPARATORS = re.compile(r"[.()\[\],:;!*#{}]")
+# Refusals VLMEvalKit maps to "Z" (no option): matched case-sensitively anywhere in the answer.
+MMBENCH_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+                    "I'm sorry, but without the image provided", "Cannot determine the answer")
+NO_OPTION = "Z"
 
 
-def extract_choice(text: str, options: dict[str, str]) -> str | None:
-    """The option a free-form answer picks, or None when it cannot be told.
-
-    First a letter of the options standing alone as a word (after punctuation becomes spaces), if
-    exactly one such letter occurs; otherwise the option whose text occurs in the answer, if exactly
-    one does (case-insensitive). This is MMBench's rule-based matching; its ChatGPT fallback is not
-    used, so unparsable answers count as wrong and are reported.
-    """
+def _choice_by_letter(text: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer_option` (VERBOSE unset): a refusal, or a lone "Z" word with no option
+    letter, is "Z"; exactly one option letter standing as a word is that option; else undecided."""
+    if any(refusal in text for refusal in MMBENCH_REFUSALS):
+        return NO_OPTION
     words = _OPTION_SEPARATORS.sub(" ", text).split()
     letters = [letter for letter in options if letter in words]
     if len(letters) == 1:
         return letters[0]
-    if letters:
-        return None
+    if not letters and NO_OPTION in words:
+        return NO_OPTION
+    return None
+
+
+def _choice_by_text(text: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer_text`: the option whose text occurs in the answer, if exactly one does
+    (case-insensitive)."""
     lowered = text.lower()
     by_text = [letter for letter, option in options.items() if str(option).lower() in lowered]
     return by_text[0] if len(by_text) == 1 else None
+
+
+def extract_choice(text: str, options: dict[str, str]) -> str | None:
+    """The option a free-form answer picks ("Z" for none), or None when it cannot be told.
+
+    VLMEvalKit's rule-based `can_infer` (as of 2024-2025, commit aca64dbb): letters first, then option
+    texts, whenever the letters do not decide (none, or several). MMBench's GPT fallback is not used,
+    so undecided answers count as wrong and are reported.
+    """
+    return _choice_by_letter(text, options) or _choice_by_text(text, options)
 
 
 @dataclass(frozen=True)
@@ -108,20 +127,23 @@ def mmbench_metrics(items: Sequence[CircularItem]) -> dict:
         first_pass[index] = verdicts[0]
     heads = {index: group[0] for index, group in rotations.items()}
     return {
-        "overall": round(percent(sum(circular.values()), len(circular)), 2),
-        "single_pass": round(percent(sum(first_pass.values()), len(first_pass)), 2),
+        "overall": round(fraction_percent(sum(circular.values()), len(circular)), 2),
+        "single_pass": round(fraction_percent(sum(first_pass.values()), len(first_pass)), 2),
         "num_source_questions": len(circular),
         "unparsed": unparsed,
-        "per_category": grouped_mean_percent((heads[i].category, float(ok)) for i, ok in circular.items()),
-        "per_l2_category": grouped_mean_percent((heads[i].l2_category, float(ok)) for i, ok in circular.items()),
+        "per_category": grouped_mean_percent(((heads[i].category, float(ok)) for i, ok in circular.items()),
+                                             to_percent=fraction_percent),
+        "per_l2_category": grouped_mean_percent(((heads[i].l2_category, float(ok)) for i, ok in circular.items()),
+                                                to_percent=fraction_percent),
     }
 
 
 def seed_metrics(items: Sequence[ChoiceItem]) -> dict:
     """SEED-Bench: the prediction text must equal the answer letter exactly; per question type
-    (`group`) and overall, 2-decimal percentages as LLaVA's converter prints them."""
+    (`group`) and overall, correct / count * 100 with 2 decimals as LLaVA's converter prints them."""
     right = [i.prediction is not None and i.prediction == i.answer for i in items]
     return {
-        "overall": round(percent(sum(right), len(items)), 2),
-        "per_question_type": grouped_mean_percent((i.group, float(r)) for i, r in zip(items, right)),
+        "overall": round(fraction_percent(sum(right), len(items)), 2),
+        "per_question_type": grouped_mean_percent(((i.group, float(r)) for i, r in zip(items, right)),
+                                                  to_percent=fraction_percent),
     }

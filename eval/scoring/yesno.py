@@ -94,19 +94,21 @@ def _mme_subtask_scores(items: Sequence[MMEItem]) -> dict:
     correct = sum(sum(flags) for flags in correct_by_image.values())
     # acc+ : an image counts when both of its questions are right.
     both = sum(all(flags) and len(flags) == 2 for flags in correct_by_image.values())
-    acc = 100.0 * correct / len(items)
-    acc_plus = 100.0 * both / len(correct_by_image)
+    # The tool's order of operations (fraction first, then * 100), so totals match to the last bit.
+    acc = correct / len(items) * 100
+    acc_plus = both / len(correct_by_image) * 100
     return {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "other": others,
             "num_questions": len(items), "num_images": len(correct_by_image)}
 
 
 def mme_metrics(items: Sequence[MMEItem]) -> dict:
     """Per subtask acc, acc+ and score (= acc + acc+, in percent); perception and cognition totals
-    are sums of subtask scores over the subtasks present. Headline: perception total."""
+    are sums of subtask scores over the subtasks present, added in the tool's subtask order.
+    Headline: perception total."""
     by_subtask: dict[str, list[MMEItem]] = defaultdict(list)
     for item in items:
         by_subtask[item.subtask].append(item)
     subtasks = {name: _mme_subtask_scores(group) for name, group in sorted(by_subtask.items())}
-    perception = sum(s["score"] for name, s in subtasks.items() if name in MME_PERCEPTION)
-    cognition = sum(s["score"] for name, s in subtasks.items() if name in MME_COGNITION)
+    perception = sum(subtasks[name]["score"] for name in MME_PERCEPTION if name in subtasks)
+    cognition = sum(subtasks[name]["score"] for name in MME_COGNITION if name in subtasks)
     return {"overall": perception, "perception": perception, "cognition": cognition, "subtasks": subtasks}
