@@ -212,7 +212,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
     parser.add_argument("--size", default=None, help=f"model shapes: {list(SIZES)} (default: tiny on CPU, qwen2-0.5b on GPU)")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per step (default 16; 8 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=16, help="samples per step (LLaVA-1.5's per-GPU batch)")
     parser.add_argument("--max-length", type=int, default=2048, help="longest sample (longer ones are truncated)")
     parser.add_argument("--pack-length", type=int, default=None,
                         help="packed row length (default: the batch's longest sample)")
@@ -226,9 +226,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     args.size = args.size or ("qwen2-0.5b" if on_gpu else "tiny")
-    args.batch_size = args.batch_size or (8 if args.quick else 16)
-    args.steps_per_round = args.steps_per_round or (3 if args.quick else 8)
-    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.steps_per_round = args.steps_per_round or (2 if args.quick else 6)
+    args.rounds = args.rounds or (2 if args.quick else 4)
     args.warmup = args.warmup if args.warmup is not None else 1
     args.precision = args.precision or ("bf16" if on_gpu else "fp32")
     args.grad_checkpointing = on_gpu if args.grad_checkpointing is None else args.grad_checkpointing

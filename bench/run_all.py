@@ -157,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="run each script's --quick mode")
     parser.add_argument("--device", default="cpu", help="passed to every script")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=None, help="run only these scripts")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per script before it is killed")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per script before it is killed (default: 600 with --quick, else 3600)")
     parser.add_argument("--write-md", action="store_true", help=f"rewrite the figures section of {MD_PATH.name}")
     parser.add_argument("--json-out", type=Path, default=None, help="also write every result line here (JSONL)")
     args = parser.parse_args(argv)
+    args.timeout = args.timeout or (600.0 if args.quick else 3600.0)
 
     outcomes = [run_script(s, _script_args(s, args), args.timeout) for s in (args.only or SCRIPTS)]
     print("\n" + summary_table(outcomes))
