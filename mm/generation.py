@@ -27,8 +27,10 @@ def generate(
     # Positions count real tokens only, so left padding does not shift them.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     inputs_embeds = model.embed_inputs(input_ids, pixel_values)
+    step_kwargs = _last_logits_only(model.llm)
     out = model.llm(
-        inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
+        **step_kwargs,
     )
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
@@ -49,16 +51,24 @@ def generate(
         if use_cache:
             out = model.llm(
                 inputs_embeds=next_embeds, attention_mask=attention_mask, position_ids=next_position,
-                past_key_values=out.past_key_values, use_cache=True,
+                past_key_values=out.past_key_values, use_cache=True, **step_kwargs,
             )
         else:
             inputs_embeds = torch.cat([inputs_embeds, next_embeds], dim=1)
             out = model.llm(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                **step_kwargs,
             )
     if not new_tokens:
         return input_ids.new_zeros(batch, 0)
     return torch.stack(new_tokens, dim=1)
+
+
+def _last_logits_only(llm) -> dict:
+    """Ask for the last position's logits only where the model supports it (saves B x T x vocab memory)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator) -> torch.Tensor:
