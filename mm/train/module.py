@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 import numpy as np
 import torch
 
@@ -107,6 +108,8 @@ class VLMTrainingModule(L.LightningModule):
             self._pending_rng = None
         window_tokens = self._reduce_sum(torch.tensor(float(batch["window_target_tokens"]), device=self.device))
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            scale *= self.trainer.accumulate_grad_batches  # its engine divides by the accumulation steps again
         divisor = window_tokens.clamp(min=1.0) / scale
         loss = self(batch, num_items_in_batch=divisor).loss
         self._window_loss = self._window_loss.to(self.device) + loss.detach() * divisor / window_tokens.clamp(min=1)
@@ -186,12 +189,31 @@ class VLMTrainingModule(L.LightningModule):
         self._pending_rng = extra.get("rng")  # restored just before the next training step
 
     def on_fit_end(self) -> None:
-        if self.trainer.global_rank != 0 or self.trainer.interrupted:
+        if self.trainer.interrupted:
             return
         directory = Path(self.export_dir or Path(self.trainer.default_root_dir) / "export")
-        merge_lora(self.vlm)
-        self.vlm.save_pretrained(directory)
-        log.info("exported the trained model to %s", directory)
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            self._export_gathered(directory)
+        elif self.trainer.global_rank == 0:
+            merge_lora(self.vlm)
+            self.vlm.save_pretrained(directory)
+            log.info("exported the trained model to %s", directory)
+
+    def _export_gathered(self, directory: Path) -> None:
+        """Sharded parameters: gather the full state on rank 0 (a collective call on every rank) and write
+        it through an unsharded copy of the model built without weights."""
+        if self.policy.stage == "lora":
+            raise NotImplementedError("export of LoRA runs under FSDP: use ddp or deepspeed_stage_2 for LoRA")
+        from mm.builder import build_vlm
+        from mm.checkpoint import resolved_config
+
+        state = self.trainer.strategy.lightning_module_state_dict()
+        if self.trainer.global_rank != 0:
+            return
+        copy = build_vlm(resolved_config(self.vlm), load_weights=False, tokenizer=self.vlm.tokenizer)
+        copy.load_state_dict({key[len("vlm."):]: value for key, value in state.items()}, strict=True)
+        copy.save_pretrained(directory)
+        log.info("exported the trained model (gathered from FSDP shards) to %s", directory)
 
 
 def _get_rng_state() -> dict:
