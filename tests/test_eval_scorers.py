@@ -97,6 +97,14 @@ def test_textvqa_requires_ten_answers():
         textvqa_metrics([VQAItem(["stop"] * 9, "stop")])
 
 
+@pytest.mark.parametrize("score", [vqa_question_accuracy, vizwiz_question_accuracy])
+def test_malformed_ground_truths_are_clear_errors(score):
+    with pytest.raises(TaskDataError, match="at least one ground-truth answer"):
+        score([], "yes")
+    with pytest.raises(TaskDataError, match="must be strings, got \\['2', 2\\]"):
+        score(["2", 2], "2")
+
+
 def test_percentages_use_each_references_order_of_operations():
     # 23/160*100 = 14.374999999999998 -> 14.37 (GQA, ScienceQA, SEED, TextVQA); 100*23/160 = 14.375 -> 14.38
     right, wrong = [GQAItem("yes", "yes", "verify")] * 23, [GQAItem("yes", "no", "verify")] * 137

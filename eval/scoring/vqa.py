@@ -41,6 +41,8 @@ def _bad_data(message: str) -> Exception:
 def _require_answers(gt_answers: Sequence[str]) -> None:
     if not gt_answers:
         raise _bad_data("a VQA question needs at least one ground-truth answer")
+    if not all(isinstance(answer, str) for answer in gt_answers):
+        raise _bad_data(f"ground-truth answers must be strings, got {list(gt_answers)!r}")
 
 
 def vqa_question_accuracy(gt_answers: Sequence[str], prediction: str) -> float:
@@ -91,6 +93,7 @@ def vqa_metrics(items: Sequence[VQAItem], *, evalai_postprocess: bool = True, no
 def textvqa_question_accuracy(gt_answers: Sequence[str], prediction: str) -> float:
     """TextVQA's evaluator: EvalAI-normalise everything, then the leave-one-out VQA accuracy (its
     per-unique-answer table gives the same numbers). It requires exactly ten answers."""
+    _require_answers(gt_answers)
     if len(gt_answers) != TEXTVQA_NUM_ANSWERS:
         raise _bad_data(f"TextVQA's evaluator needs exactly {TEXTVQA_NUM_ANSWERS} ground-truth answers per "
                         f"question, got {len(gt_answers)}: {list(gt_answers)!r}")
