@@ -54,7 +54,7 @@ def test_evalai_postprocessed_predictions_through_each_rule():
              VQAItem(["t-shirt"] * 10, "T-Shirt", "what is", "other")]
     # master: "2" vs ten "2" -> 1.0; "t shirt" vs ten raw "t-shirt" -> 0.  VizWiz: 0.3 and 0.
     assert vqa_metrics(items)["per_answer_type"] == {"number": 100.0, "other": 0.0}
-    vizwiz = vqa_metrics(items, normalize_gt=False)
+    vizwiz = vqa_metrics(items, question_accuracy=vizwiz_question_accuracy)
     assert vizwiz["overall"] == 15.0 and vizwiz["per_answer_type"] == {"number": 30.0, "other": 0.0}
 
 
@@ -62,7 +62,7 @@ def test_vizwiz_unanswerable_is_an_ordinary_answer_with_its_own_type():
     items = [VQAItem(["unanswerable"] * 8 + ["blurry"] * 2, "Unanswerable.", "", "unanswerable"),
              VQAItem(["unanswerable"] * 2 + ["soup"] * 8, "unanswerable", "", "other")]
     # 8 matches -> 1.0; 2 matches -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6
-    m = vqa_metrics(items, normalize_gt=False)
+    m = vqa_metrics(items, question_accuracy=vizwiz_question_accuracy)
     assert m["overall"] == 80.0 and m["per_answer_type"] == {"other": 60.0, "unanswerable": 100.0}
 
 

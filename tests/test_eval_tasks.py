@@ -63,6 +63,13 @@ def test_textvqa_and_its_ocr_prompt_variant():
     assert m["ocr_tokens_in_prompt"] is True
 
 
+def test_textvqa_reader_names_the_question_with_too_few_answers(tmp_path):
+    bad = tmp_path / "val.json"
+    bad.write_text('{"data": [{"question_id": 7, "image_id": "a", "question": "q?", "answers": ["x", "y"]}]}')
+    with pytest.raises(TaskDataError, match="question 7 .* exactly 10 string answers"):
+        get_task("textvqa").read(_options("textvqa", annotations=str(bad)))
+
+
 def test_gqa_balanced_only():
     questions, m = _score("gqa", _options("gqa", questions=str(FIX / "gqa/testdev_balanced_questions.json")))
     assert [q.question_id for q in questions] == ["20968379", "20968380"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from eval.scoring.common import fraction_percent, grouped_mean_percent, percent
 from eval.scoring.normalize import VIZWIZ_CONTRACTIONS, evalai_normalize, vqa_clean_whitespace, vqa_normalize
@@ -68,14 +68,18 @@ def vizwiz_question_accuracy(gt_answers: Sequence[str], prediction: str) -> floa
     return leave_one_out_accuracy(gt_answers, vqa_normalize(prediction, VIZWIZ_CONTRACTIONS))
 
 
-def vqa_metrics(items: Sequence[VQAItem], *, evalai_postprocess: bool = True, normalize_gt: bool = True) -> dict:
+def vqa_metrics(
+    items: Sequence[VQAItem],
+    *,
+    evalai_postprocess: bool = True,
+    question_accuracy: Callable[[Sequence[str], str], float] = vqa_question_accuracy,
+) -> dict:
     """Overall / per answer type / per question type accuracy, rounded to 2 decimals as officially.
 
     `evalai_postprocess`: apply the EvalAI answer processor to predictions first, as LLaVA-1.5's
-    submission converters do. `normalize_gt=False` selects VizWiz's evaluation (ground truths never
-    normalised) instead of the VQA one. A missing prediction scores 0.
+    submission converters do. `question_accuracy` is the benchmark's per-question rule
+    (`vizwiz_question_accuracy` for VizWiz). A missing prediction scores 0.
     """
-    question_accuracy = vqa_question_accuracy if normalize_gt else vizwiz_question_accuracy
     scores = []
     for item in items:
         if item.prediction is None:

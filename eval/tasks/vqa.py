@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from eval.scoring.vqa import VQAItem, textvqa_metrics, vqa_metrics
+from eval.scoring.vqa import TEXTVQA_NUM_ANSWERS, VQAItem, textvqa_metrics, vizwiz_question_accuracy, vqa_metrics
 from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, field_of, load_json, option
 
 VIZWIZ_SUFFIX = "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER
@@ -91,7 +91,7 @@ def read_vizwiz(options: VizWizOptions) -> list[Question]:
 def score_vizwiz(options, questions, answers) -> dict:
     """VizWiz's evaluation: predictions normalised, ground truths never; per answer type
     (incl. "unanswerable"). VizWiz has no question types."""
-    metrics = vqa_metrics(_with_predictions(questions, answers), normalize_gt=False)
+    metrics = vqa_metrics(_with_predictions(questions, answers), question_accuracy=vizwiz_question_accuracy)
     metrics.pop("per_question_type")
     return metrics
 
@@ -124,9 +124,13 @@ def read_textvqa(options: TextVQAOptions) -> list[Question]:
                 raise TaskDataError(f"image {image_id} has no entry in --ocr-tokens {options.ocr_tokens}")
             if ocr[image_id]:
                 prompt += "\nReference OCR token: " + ", ".join(ocr[image_id])
-        truth = VQAItem(tuple(field_of(record, "answers", options.annotations)), None)
-        image = Path(options.image_root) / format_image_name(options.image_pattern, image_id=image_id)
         qid = field_of(record, "question_id", options.annotations)
+        answers = tuple(field_of(record, "answers", options.annotations))
+        if len(answers) != TEXTVQA_NUM_ANSWERS or not all(isinstance(a, str) for a in answers):
+            raise TaskDataError(f"question {qid} of {options.annotations}: TextVQA's evaluator needs exactly "
+                                f"{TEXTVQA_NUM_ANSWERS} string answers, got {list(answers)!r}")
+        truth = VQAItem(answers, None)
+        image = Path(options.image_root) / format_image_name(options.image_pattern, image_id=image_id)
         out.append(Question(qid, f"{prompt}\n{SHORT_ANSWER}", (image,), truth))
     return out
 
