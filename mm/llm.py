@@ -55,7 +55,7 @@ def tokenizer_source(config: LLMConfig) -> str:
 def add_image_token(tokenizer, llm: nn.Module, image_token: str) -> int:
     """Add the placeholder token (and a pad token if missing); grow the embeddings only when needed."""
     if image_token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        _add_special_token(tokenizer, image_token)
         log.info("added %s to the tokenizer", image_token)
     if tokenizer.pad_token is None:
         # Padding positions are masked out; any existing token works and keeps the vocabulary unchanged.
@@ -63,6 +63,17 @@ def add_image_token(tokenizer, llm: nn.Module, image_token: str) -> int:
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(len(tokenizer))
     return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def _add_special_token(tokenizer, token: str) -> None:
+    """Add `token` as a special token, keeping the tokenizer's other extra special tokens listed."""
+    import inspect
+
+    parameters = inspect.signature(tokenizer.add_special_tokens).parameters
+    flag = "replace_extra_special_tokens"  # transformers 5; 4.x calls it replace_additional_special_tokens
+    if flag not in parameters:
+        flag = "replace_additional_special_tokens"
+    tokenizer.add_special_tokens({"additional_special_tokens": [token]}, **{flag: False})
 
 
 def resolved_llm_config(config: LLMConfig, llm: nn.Module) -> LLMConfig:

@@ -77,6 +77,7 @@ def test_saving_over_a_checkpoint_is_atomic(tmp_path, monkeypatch):
 def test_new_image_token_grows_the_embeddings_and_survives_saving(tmp_path):
     model = tiny_model(image_token="<img>")
     assert len(model.tokenizer) == 1239 and model.image_token_id == 1238
+    assert {"<img>", "<image>", "<|im_start|>", "<|im_end|>"} <= set(model.tokenizer.all_special_tokens)
     assert model.llm.get_input_embeddings().num_embeddings == 1239
     assert model.llm.get_output_embeddings().weight.shape[0] == 1239
     model.save_pretrained(tmp_path / "ckpt")
