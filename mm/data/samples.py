@@ -63,8 +63,9 @@ class SampleDecoder:
             raise SkipSample("too_long", f"{key}: {error}") from error
         except ConversationError as error:
             raise SkipSample("bad_conversation", f"{key}: {error}") from error
-        kept_images = self._kept_images(encoded, len(image_names), key)
-        images = [self._image(record, name, key) for name in image_names[:kept_images]]
+        if encoded.num_images != len(image_names):
+            raise SkipSample("image_mismatch", f"{key}: {encoded.num_images} placeholders, {len(image_names)} images")
+        images = [self._image(record, name, key) for name in image_names]
         return Sample(encoded.input_ids, encoded.labels, images, key)
 
     def _json(self, record: dict, key: str) -> dict:
@@ -77,11 +78,6 @@ class SampleDecoder:
         if not isinstance(meta, dict):
             raise SkipSample("bad_json", f"{key}: JSON is not an object")
         return meta
-
-    def _kept_images(self, encoded, listed: int, key: str) -> int:
-        if encoded.num_images != listed:
-            raise SkipSample("image_mismatch", f"{key}: {encoded.num_images} placeholders, {listed} images listed")
-        return encoded.num_images
 
     def _image(self, record: dict, name: str, key: str) -> torch.Tensor:
         if name not in record:
