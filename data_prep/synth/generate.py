@@ -81,7 +81,7 @@ def align_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> S
     prompt = rng.choice(CAPTION_PROMPTS)
     human = f"{IMAGE_TOKEN}\n{prompt}" if rng.random() < 0.5 else f"{prompt}\n{IMAGE_TOKEN}"
     conversations = [{"from": "human", "value": human}, {"from": "gpt", "value": description(scene, config.world)}]
-    return _sample(config, index, "align", scene, png, conversations, programs=["describe"])
+    return _sample(index, "align", scene, png, conversations, programs=["describe"])
 
 
 def instruct_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> Sample:
@@ -100,10 +100,10 @@ def instruct_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -
         conversations += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if position == 0 else text},
                           {"from": "gpt", "value": qa.answer}]  # fmt: skip
     qa_meta = [dataclasses.asdict(qa) for qa in turns]
-    return _sample(config, index, "instruct", scene, png, conversations, programs=[qa.program for qa in turns], qa=qa_meta)
+    return _sample(index, "instruct", scene, png, conversations, programs=[qa.program for qa in turns], qa=qa_meta)
 
 
-def _sample(config: SynthConfig, index: int, split: str, scene: Scene, png: bytes, conversations: list[dict], **extra) -> Sample:
+def _sample(index: int, split: str, scene: Scene, png: bytes, conversations: list[dict], **extra) -> Sample:
     name = f"synth/train/{index:07d}.png"
     meta = {"index": index, "scene_id": index, "image_paths": [name], "scene": scene.to_json(), **extra}
     return Sample(index, f"synth-{split}-{index:07d}", SOURCE, conversations, [ImageRef(name=name, data=png)], meta)
