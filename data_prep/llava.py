@@ -23,7 +23,7 @@ def iter_annotations(path: str | Path) -> Iterator[tuple[Any, str | None]]:
     """
     path = Path(path)
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8-sig") as file:
             for number, line in enumerate(file, 1):
                 if not line.strip():
                     continue
@@ -32,8 +32,11 @@ def iter_annotations(path: str | Path) -> Iterator[tuple[Any, str | None]]:
                 except json.JSONDecodeError as error:
                     yield line.rstrip("\n"), f"line {number} is not JSON: {error}"
         return
-    with open(path, encoding="utf-8") as file:
-        data = json.load(file)
+    with open(path, encoding="utf-8-sig") as file:
+        try:
+            data = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); a JSON-lines file must be named *.jsonl") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(data).__name__}")
     yield from ((record, None) for record in data)

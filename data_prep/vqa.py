@@ -45,8 +45,11 @@ def load_prompt_pool(path: str | Path) -> list[str]:
 
 
 def _load_json(path: str | Path, key: str) -> tuple[dict, list]:
-    with open(path, encoding="utf-8") as file:
-        data = json.load(file)
+    with open(path, encoding="utf-8-sig") as file:
+        try:
+            data = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise ValueError(f"{path}: expected an object with a '{key}' list (official VQAv2 layout)")
     return data, data[key]

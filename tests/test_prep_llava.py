@@ -351,3 +351,18 @@ def test_resume_after_sigkill_of_the_real_command(tmp_path):
     commands = [m.pop("command") for m in manifests]
     assert [c[c.index("--out") + 1] for c in commands] == [str(out), str(clean)]  # the only difference
     assert manifests[0] == manifests[1] and finished == reference
+
+
+def test_unreadable_annotation_files_are_clear_errors(tmp_path, capsys):
+    lines = tmp_path / "lines.json"
+    lines.write_text(json.dumps(GOOD[0]) + "\n" + json.dumps(GOOD[0]) + "\n")
+    assert main(["llava", "--annotations", str(lines), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "must be named *.jsonl" in capsys.readouterr().err
+    (tmp_path / "obj.json").write_text(json.dumps({"data": []}))
+    assert main(["llava", "--annotations", str(tmp_path / "obj.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "expected a JSON list" in capsys.readouterr().err
+    assert main(["llava", "--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "No such file" in capsys.readouterr().err
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD[0]]).encode())
+    assert main(["llava", "--annotations", str(bom), "--out", str(tmp_path / "b"), "--workers", "1", "--no-progress"]) == 0
