@@ -149,6 +149,8 @@ def _is_ours(path: Path) -> bool:
 
 def _prepare_out_dir(out_dir: Path, plan_fingerprint: str, overwrite: bool) -> None:
     """Refuse (or with `overwrite`, clear) an output directory holding a different conversion."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir} exists and is not a directory")
     plan_path = out_dir / PROGRESS_DIR / PLAN_FILE
     try:
         saved = json.loads(plan_path.read_text())["fingerprint"]
