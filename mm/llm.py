@@ -9,6 +9,7 @@ import os
 from torch import nn
 
 from mm.config import LLMConfig
+from mm.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ def refuse_llava_directory(name_or_path: str) -> None:
     """A llava-hf directory holds a whole VLM; its parts cannot be loaded one by one from it."""
     config_path = os.path.join(name_or_path, "config.json")
     if os.path.isfile(config_path):
-        from mm.vision.base import read_json
-
         if read_json(config_path).get("model_type") == "llava":
             raise ValueError(f"{name_or_path} is a llava-hf directory: load it whole with mm.load_pretrained")
 
@@ -105,8 +104,6 @@ def _llm_arch(config: LLMConfig) -> dict:
         return config.model_config
     if not config.name_or_path.endswith(".json"):
         raise ValueError("building an LLM without weights needs an inline `model_config` or a config JSON")
-    from mm.vision.base import read_json
-
     if not os.path.isfile(config.name_or_path):
         raise FileNotFoundError(f"LLM config JSON not found: {config.name_or_path}")
     return read_json(config.name_or_path)

@@ -8,8 +8,9 @@ import os
 import torch
 
 from mm.config import VisionTowerConfig
+from mm.files import read_json
 from mm.llm import refuse_llava_directory
-from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower, read_json
+from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower
 
 
 class HFVisionTower(VisionTower):

@@ -11,7 +11,8 @@ import os
 import torch
 
 from mm.config import VisionTowerConfig
-from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower, load_weights_file, read_json
+from mm.files import load_weights_file, read_json
+from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower
 
 
 class OpenCLIPVisionTower(VisionTower):
