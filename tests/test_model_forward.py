@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers_model import prompt_ids, right_pad, text_ids, tiny_model
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers_model import left_pad, prompt_ids, text_ids, tiny_model
+
 from mm.generation import _pick
 
 

@@ -1,7 +1,6 @@
 """Freezing, graph-free frozen towers, gradient checkpointing, block classes for FSDP."""
 
 import torch
-
 from helpers_model import prompt_ids, text_ids, tiny_model
 
 

@@ -10,6 +10,7 @@ import yaml
 
 import mm
 from mm.data.module import target_tokens
+from mm.data.shards import ShardSource
 from train_helpers import (
     ASSET_TOKENIZER,
     cpu_trainer,
@@ -148,3 +149,16 @@ def test_cli_overfit_loss_falls_and_export_loads(tmp_path):
     exported = mm.load_pretrained(tmp_path / "run" / "export")
     assert json.loads((tmp_path / "run" / "export" / "image_processing.json").read_text())["image_size"] == 64
     assert exported.projector.__class__.__name__ and exported.tokens_per_image == 16
+
+
+def test_validation_loss_is_the_token_mean_over_the_split(tmp_path):
+    write_caption_shards(tmp_path / "val", TEXTS, per_shard=3)
+    module = tiny_module()
+    data = tiny_data(tmp_path / "val", val_shards=[ShardSource(str(tmp_path / "val"))])
+    trainer = cpu_trainer(tmp_path)
+    result = trainer.validate(module, datamodule=data)[0]["val/loss"]
+    batches = list(data.val_dataloader())
+    with torch.no_grad():
+        total = sum(float(module(b, num_items_in_batch=1.0).loss) for b in batches)
+    assert result == pytest.approx(total / sum(target_tokens(b) for b in batches), rel=1e-5)
+    assert sum(len(b["keys"]) for b in batches) == len(TEXTS)

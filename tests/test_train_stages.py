@@ -111,3 +111,26 @@ def test_projector_init_from_export_and_checkpoint(config, tmp_path):
         load_projector(other, tmp_path / "export")
     with pytest.raises(FileNotFoundError):
         load_projector(other, tmp_path / "missing")
+
+
+def test_gradient_checkpointing_keeps_the_gradients(config):
+    from mm.data.batching import collate
+    from mm.data.samples import Sample
+
+    plain = build_for_stage(config, TrainingPolicy(stage="full"))
+    checkpointed = build_for_stage(config, TrainingPolicy(stage="full", gradient_checkpointing=True))
+    assert checkpointed.llm.is_activation_checkpointing and not plain.llm.is_activation_checkpointing
+    ids = [1] + [plain.image_token_id] * plain.tokens_per_image + list(range(20, 40))
+    sample = Sample(ids, [-100] * (1 + plain.tokens_per_image) + list(range(20, 40)),
+                    [torch.full((3, 64, 64), 100, dtype=torch.uint8)])
+    batch = collate([sample], pad_id=0)
+    grads = []
+    for vlm in (plain, checkpointed):
+        vlm.train()
+        out = vlm(batch["input_ids"], pixel_values=batch["pixel_values"].float() / 255,
+                  attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in vlm.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
