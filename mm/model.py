@@ -28,6 +28,13 @@ class ImageTransformConfig:
 
 
 class VisionLanguageModel(nn.Module):
+    """A vision tower, a projector and a causal LLM.
+
+    Each image becomes `tokens_per_image` consecutive `image_token_id` placeholders in `input_ids` (as in
+    transformers' Llava); its projected features replace their embeddings in one masked scatter, so any
+    number of images per sample, text-only samples included, needs no special code.
+    """
+
     def __init__(
         self, config: VLMConfig, vision_tower: VisionTower, projector: Projector, llm: nn.Module, tokenizer
     ) -> None:
