@@ -2,9 +2,9 @@
 
 Both take the same batches of a llava_v1_5_mix665k-shaped mix (see ``train_mix``) through forward +
 backward + AdamW step. The reference pads each batch to its longest sample (the LLaVA way); ours packs
-the batch's samples into rows of ``--max-length`` tokens (positions restart per sample, block-diagonal
-causal attention), and is also timed padded, to show what packing alone buys. Before timing, the three
-losses on one batch must agree: same weights, same targets.
+the batch's samples into rows as long as its longest sample, or ``--pack-length`` (positions restart per
+sample, block-diagonal causal attention), and is also timed padded, to show what packing alone buys.
+Before timing, the three losses on one batch must agree: same weights, same targets.
 
 Model FLOPs per step (for MFU; attention score FLOPs and recomputation are not counted):
   6 x N_llm x real tokens  +  6 x N_proj x image tokens  +  (2, or 6 if trained) x N_tower x tower tokens
@@ -93,8 +93,13 @@ def build_pair(config: VLMConfig, device: str, dtype: torch.dtype, grad_checkpoi
         raise RuntimeError(f"trainable parameters differ: ours {trainable[0]:,}, transformers Llava {trainable[1]:,}")
     for model in (ours, reference):
         model.to(device=device, dtype=dtype).train()
-        if grad_checkpointing:
-            model.gradient_checkpointing_enable()
+    if grad_checkpointing:
+        ours.gradient_checkpointing_enable()  # non-reentrant, LLM (and the tower only when trained)
+        language_model = reference.model.language_model
+        if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return ours, reference
 
 
