@@ -46,15 +46,17 @@ QWEN2 = {
 
 
 def gpu_config(llm_size: str) -> VLMConfig:
-    """ViT-L/14-336-shaped CLIP tower + Qwen2-shaped LLM, random weights (the tiny tokenizer's ids fit)."""
+    """ViT-L/14-336-shaped CLIP tower + Qwen2-shaped LLM, random weights (the tiny tokenizer's ids fit).
+
+    Inline configs with an empty ``name_or_path`` build without weights and without touching the hub
+    (GPU machines may have no network)."""
     qwen = dict(model_type="qwen2", num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
                 rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=True,
                 bos_token_id=1, eos_token_id=2, pad_token_id=3, **QWEN2[llm_size])
     return VLMConfig(
-        vision=VisionTowerConfig(kind="hf_clip", name_or_path="openai/clip-vit-large-patch14-336",
-                                 model_config=VIT_L_14_336),
+        vision=VisionTowerConfig(kind="hf_clip", name_or_path="", model_config=VIT_L_14_336),
         projector=ProjectorConfig(kind="mlp2x_gelu"),
-        llm=LLMConfig(name_or_path=f"Qwen/Qwen2-{llm_size.upper()}", model_config=qwen, tokenizer=str(TOKENIZER_DIR)),
+        llm=LLMConfig(name_or_path="", model_config=qwen, tokenizer=str(TOKENIZER_DIR)),
     )
 
 
@@ -72,15 +74,20 @@ def build_size(name: str) -> VLMConfig:
 
 
 # ----------------------------------------------------------------------------- models
+def build_ours(config: VLMConfig):
+    from mm.builder import build_vlm
+
+    torch.manual_seed(0)
+    return build_vlm(config)
+
+
 def build_pair(config: VLMConfig, device: str, dtype: torch.dtype, grad_checkpointing: bool):
     """Our model and a transformers Llava loaded from its export: same weights, same trainable parts."""
     from transformers import LlavaForConditionalGeneration
 
-    from mm.builder import build_vlm
     from mm.llava import export_llava_hf
 
-    torch.manual_seed(0)
-    ours = build_vlm(config)
+    ours = build_ours(config)
     with tempfile.TemporaryDirectory() as tmp:
         export_llava_hf(ours, Path(tmp) / "llava")
         reference = LlavaForConditionalGeneration.from_pretrained(
@@ -228,6 +235,8 @@ def parse_args(argv):
                         help="activation checkpointing in both models (default: on for GPU, as LLaVA trains)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU when the GPU is not known")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout-only", action="store_true",
+                        help="only count the tokens padded and packed batches compute (no training, no result line)")
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     args.size = args.size or ("qwen2-0.5b" if on_gpu else "tiny")
@@ -241,22 +250,47 @@ def parse_args(argv):
     return args
 
 
+def draw_batches(args, model, config: VLMConfig):
+    """The timed batches (LLaVA's modality grouping), the mix's counts, and the samples they hold."""
+    image = model.image_transform_config
+    samples, mix_counts = train_mix.encode_mix(
+        args.steps_per_round * args.batch_size * 2, model.tokenizer, template=config.chat_template,
+        tokens_per_image=model.tokens_per_image, image_size=image.image_size, max_length=args.max_length,
+        seed=args.seed)
+    batches = train_mix.llava_batches(samples, args.batch_size, args.seed)[: args.steps_per_round]
+    return batches, mix_counts, [s for batch in batches for s in batch]
+
+
+def layout(batches, pad_id: int, max_length: int) -> dict[str, int]:
+    """Tokens each layout computes for these batches (rows x width): no model run, no timing."""
+    def packed(row_length):
+        return sum(pack(b, pad_id, row_length or max(map(len, b)))["input_ids"].numel() for b in batches)
+
+    return {
+        "real": sum(len(s) for batch in batches for s in batch),
+        "padded": sum(collate(batch, pad_id)["input_ids"].numel() for batch in batches),
+        "packed_rows_of_longest": packed(None),
+        f"packed_rows_of_{max_length}": packed(max_length),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.set_threads(args.threads)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     config = build_size(args.size)
+    if args.layout_only:
+        ours = build_ours(config)
+        batches, mix_counts, used = draw_batches(args, ours, config)
+        figures = layout(batches, ours.tokenizer.pad_token_id, args.max_length)
+        print(f"size {args.size}: {ours.tokens_per_image} tokens per image; mix {dict(mix_counts)}")
+        print(f"lengths {train_mix.length_summary(used)}; tokens computed per round: {figures}")
+        return figures
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     ours, reference = build_pair(config, args.device, dtype, args.grad_checkpointing)
     image = ours.image_transform_config
     transform = ImageTransform(image.image_size, image.mean, image.std, mode=image.mode)
     pad_id = ours.tokenizer.pad_token_id
-
-    num_batches = args.steps_per_round
-    samples, mix_counts = train_mix.encode_mix(
-        num_batches * args.batch_size * 2, ours.tokenizer, template=config.chat_template,
-        tokens_per_image=ours.tokens_per_image, image_size=image.image_size, max_length=args.max_length, seed=args.seed)
-    batches = train_mix.llava_batches(samples, args.batch_size, args.seed)[:num_batches]
-    used = [s for batch in batches for s in batch]
+    batches, mix_counts, used = draw_batches(args, ours, config)
 
     def packed(batch):
         return packed_inputs(batch, pad_id, transform, args.device, dtype, args.pack_length)
