@@ -104,3 +104,22 @@ def test_parse_result_line_ignores_other_output():
     assert common.parse_result_line('{"loss": 1}') is None
     assert common.parse_result_line("{not json") is None
     assert common.parse_result_line("path  images/s") is None
+
+
+def test_layout_counts_by_hand():
+    def sample(n):
+        return Sample([5] * n, [5] * n, [])
+
+    figures = bench_train_step.layout([[sample(3), sample(5)], [sample(2)]], pad_id=0, max_length=8)
+    # padded: 2 rows x 5 + 1 row x 2; rows of the longest: 5 + 5 (3 and 5 do not share a 5-row) + 2;
+    # rows of 8: one row of 3 + 5, then 2.
+    assert figures == {"real": 10, "padded": 12, "packed_rows_of_longest": 12, "packed_rows_of_8": 10}
+
+
+def test_gpu_sizes_never_name_a_hub_model():
+    for size in ("qwen2-0.5b", "qwen2-1.5b"):
+        config = bench_train_step.build_size(size)
+        assert config.vision.name_or_path == "" and config.llm.name_or_path == ""
+        assert config.vision.model_config["image_size"] == 336 and config.vision.model_config["patch_size"] == 14
+    with pytest.raises(ValueError, match="valid sizes"):
+        bench_train_step.build_size("qwen2-7b")
