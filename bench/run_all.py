@@ -86,7 +86,7 @@ def _echo(stream, lines: list[str]) -> None:
         lines.append(line)
 
 
-def _script_args(script: str, args: argparse.Namespace) -> list[str]:
+def _script_args(args: argparse.Namespace) -> list[str]:
     extra = ["--quick"] if args.quick else []
     if args.device != "cpu":
         extra += ["--device", args.device]
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.timeout = args.timeout or (600.0 if args.quick else 3600.0)
 
-    outcomes = [run_script(s, _script_args(s, args), args.timeout) for s in (args.only or SCRIPTS)]
+    outcomes = [run_script(s, _script_args(args), args.timeout) for s in (args.only or SCRIPTS)]
     print("\n" + summary_table(outcomes))
     for outcome in outcomes:
         if outcome.status != "ok":
