@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.profile:
             print(common.profile_paths(paths))
         gap = pixel_gap(shards, index_path, transform, processors["CLIPImageProcessor"])
+    return report(args, results, gap, num_images, total_bytes, rounds, warmup)
 
+
+def report(args, results, gap: float, num_images: int, total_bytes: int, rounds: int, warmup: int) -> dict:
     ours_name, *reference_names = list(results)
     ours_rate = results[ours_name].rate("images")
     rates = {name: results[name].rate("images") for name in reference_names}
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [[name, results[name].rate("images"), *results[name].spread("images"), ours_rate / results[name].rate("images")]
             for name in results]
     print(f"{num_images} COCO-like JPEGs ({total_bytes / num_images / 1e3:.0f} KB mean) -> ({IMAGE_SIZE}x{IMAGE_SIZE}) "
-          f"batches of {args.batch_size} on {args.device}; {rounds} rounds after {warmup} warmup, 1 thread")
+          f"batches of {args.batch_size} on {args.device}; {rounds} rounds after {warmup} warmup, "
+          f"{torch.get_num_threads()} torch thread(s)")
     print(common.format_table(["path", "images/s (median)", "min", "max", "ours / path"], rows))
     print(f"mean |ours - reference| = {gap:.2f} pixel levels (0-255)")
     result = {
