@@ -16,7 +16,7 @@ if [ -f "$DIR/synth/synth.json" ]; then
   stamp "synthetic data already in $DIR/synth"
 else
   stamp "mm-prep synth -> $DIR/synth"
-  mm-prep synth --out "$DIR/synth" --num-train 2000 --num-eval 300
+  mm-prep synth --out "$DIR/synth" --num-train 3000 --num-eval 300 --max-objects 2
 fi
 
 train_stage() {  # name config train_shards_json
@@ -37,7 +37,7 @@ train_stage() {  # name config train_shards_json
     --model.export_dir "$root/export" --data.train_shards "$shards" "${@:4}" "${resume[@]}"
 }
 
-train_stage stage1 configs/demo/stage1_align.yaml "[{\"urls\": \"$DIR/synth/align\", \"weight\": 0.5}]"
+train_stage stage1 configs/demo/stage1_align.yaml "[{\"urls\": \"$DIR/synth/align\", \"weight\": 0.25}]"
 train_stage stage2 configs/demo/stage2_finetune.yaml "[{\"urls\": \"$DIR/synth/instruct\"}]" \
   --model.policy.init_projector_from "$DIR/stage1/export"
 
