@@ -138,7 +138,8 @@ def clip_processors() -> dict[str, object]:
 
     settings = dict(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                     image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    return {"CLIPImageProcessor": CLIPImageProcessor(**settings), "CLIPImageProcessorPil": CLIPImageProcessorPil(**settings)}
+    return {"CLIPImageProcessor": CLIPImageProcessor(**settings),
+            "CLIPImageProcessorPil": CLIPImageProcessorPil(**settings)}
 
 
 def count_images(batches) -> dict[str, float]:
@@ -197,8 +198,8 @@ def report(args, results, gap: float, num_images: int, total_bytes: int, rounds:
     rates = {name: results[name].rate("images") for name in reference_names}
     strictest = max(rates, key=rates.get)
     ratio = ours_rate / rates[strictest]
-    rows = [[name, results[name].rate("images"), *results[name].spread("images"), ours_rate / results[name].rate("images")]
-            for name in results]
+    rows = [[name, result.rate("images"), *result.spread("images"), ours_rate / result.rate("images")]
+            for name, result in results.items()]
     print(f"{num_images} COCO-like JPEGs ({total_bytes / num_images / 1e3:.0f} KB mean) -> ({IMAGE_SIZE}x{IMAGE_SIZE}) "
           f"batches of {args.batch_size} on {args.device}; {rounds} rounds after {warmup} warmup, "
           f"{torch.get_num_threads()} torch thread(s)")

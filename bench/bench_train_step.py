@@ -223,7 +223,8 @@ def peak_flops(device: str, override_tflops: float | None) -> float | None:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
-    parser.add_argument("--size", default=None, help=f"model shapes: {list(SIZES)} (default: tiny on CPU, qwen2-0.5b on GPU)")
+    parser.add_argument("--size", default=None,
+                        help=f"model shapes: {list(SIZES)} (default: tiny on CPU, qwen2-0.5b on GPU)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per step (LLaVA-1.5's per-GPU batch)")
     parser.add_argument("--max-length", type=int, default=2048, help="longest sample (longer ones are truncated)")
     parser.add_argument("--pack-length", type=int, default=None,
@@ -298,14 +299,16 @@ def main(argv: list[str] | None = None) -> dict:
     def padded(batch):
         return padded_inputs(batch, pad_id, transform, args.device, dtype)
 
-    paths = {"ours, packed": (ours, packed), "ours, padded": (ours, padded), "transformers Llava, padded": (reference, padded)}
+    paths = {"ours, packed": (ours, packed), "ours, padded": (ours, padded),
+             "transformers Llava, padded": (reference, padded)}
     losses = check_same_loss(paths, batches[0], dtype)
     flops = FlopCounter.of(ours)
     runs = {name: make_step(model, inputs, batches, flops) for name, (model, inputs) in paths.items()}
     results = common.alternate(runs, rounds=args.rounds, warmup=args.warmup, device=args.device)
     if args.profile:
         print(common.torch_profile_paths(runs))
-    return report(args, results, losses, peak_flops(args.device, args.peak_tflops), train_mix.length_summary(used), mix_counts)
+    peak = peak_flops(args.device, args.peak_tflops)
+    return report(args, results, losses, peak, train_mix.length_summary(used), mix_counts)
 
 
 def report(args, results, losses, peak, lengths, mix_counts) -> dict:
@@ -322,8 +325,8 @@ def report(args, results, losses, peak, lengths, mix_counts) -> dict:
           f"{args.steps_per_round} steps x {args.rounds} rounds after {args.warmup} warmup, on {args.device}")
     print(f"mix: {dict(mix_counts)}; lengths of the timed samples: {lengths}")
     print(f"loss on the first batch (must agree): {losses}")
-    print(common.format_table(["path", "supervised tok/s", "samples/s", "min tok/s", "max tok/s", "tokens computed/round",
-                               "MFU"], rows))
+    headers = ["path", "supervised tok/s", "samples/s", "min tok/s", "max tok/s", "tokens computed/round", "MFU"]
+    print(common.format_table(headers, rows))
     print(f"ours packed / transformers: {ratio:.2f}x  (ours padded / transformers: "
           f"{padded_ours.rate('tokens') / reference.rate('tokens'):.2f}x)")
     mfu = ours.rate("flops") / peak if peak else None

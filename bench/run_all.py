@@ -114,7 +114,8 @@ def details(outcomes: list[Outcome]) -> str:
             rest = {k: v for k, v in r.items() if k not in SUMMARY_KEYS}
             blocks.append(f"**{r['bench']}** ({outcome.seconds:.0f} s): `{json.dumps(rest)}`")
         if outcome.status != "ok":
-            blocks.append(f"**{outcome.script}**: {outcome.status}. {outcome.detail.splitlines()[0] if outcome.detail else ''}")
+            first_line = outcome.detail.splitlines()[0] if outcome.detail else ""
+            blocks.append(f"**{outcome.script}**: {outcome.status}. {first_line}")
     return "\n\n".join(blocks)
 
 
