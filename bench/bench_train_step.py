@@ -9,7 +9,8 @@ Before timing, the three losses on one batch must agree: same weights, same targ
 Model FLOPs per step (for MFU; attention score FLOPs and recomputation are not counted):
   6 x N_llm x real tokens  +  6 x N_proj x image tokens  +  (2, or 6 if trained) x N_tower x tower tokens
 where N_* are the weights that multiply activations (linear layers incl. the LM head, the patch conv),
-real tokens exclude padding, and tower tokens are patches + CLS per image. MFU = FLOPs / step time / peak.
+real tokens exclude padding, and tower tokens are patches + CLS per image (every tower layer is counted,
+though the features come from ``select_layer``). MFU = FLOPs / step time / peak.
 """
 
 from __future__ import annotations
