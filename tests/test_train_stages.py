@@ -134,3 +134,24 @@ def test_gradient_checkpointing_keeps_the_gradients(config):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lora_export_merges_adapters_into_a_plain_llm(config, tmp_path):
+    import mm
+    from mm.train.init import merge_lora
+
+    vlm = build_for_stage(config, TrainingPolicy(stage="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, param in vlm.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.1)  # trained adapters are non-zero
+    ids = torch.tensor([[1, 20, 21, 22, 23]])
+    vlm.eval()
+    with torch.no_grad():
+        before = vlm(ids).logits
+    merge_lora(vlm)
+    vlm.save_pretrained(tmp_path / "export")
+    loaded = mm.load_pretrained(tmp_path / "export")
+    assert not any("lora" in name for name, _ in loaded.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, before, rtol=1e-4, atol=1e-5)
