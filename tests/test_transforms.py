@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mm.transforms import ImageTransform, expand_to_square
+from mm.transforms import ImageTransform
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -16,22 +16,39 @@ def photo(width=64, height=40, seed=0):
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
 
 
+def llava_expand2square_then_resize(image, background, size):
+    """LLaVA-1.5's way: pad the short side with the mean colour, then a PIL bicubic resize."""
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), background)
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return torch.from_numpy(np.array(square.resize((size, size), Image.BICUBIC))).permute(2, 0, 1)
+
+
+def smooth(width, height):
+    y, x = np.mgrid[0:height, 0:width]
+    return Image.fromarray(np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1).astype(np.uint8))
+
+
 def test_pad_is_llava_expand2square_with_mean_colour_then_resize():
-    image = photo(60, 30)
-    out = ImageTransform(32, CLIP_MEAN, CLIP_STD, mode="pad", draft=False)(image)
-    assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
-    # The band above the picture is the mean colour (LLaVA pads with tuple(int(x * 255) for x in mean)).
+    image = smooth(120, 60)
+    transform = ImageTransform(48, CLIP_MEAN, CLIP_STD, mode="pad", draft=False)
+    out = transform(image)
+    assert out.dtype == torch.uint8 and out.shape == (3, 48, 48)
     background = torch.tensor([round(c * 255) for c in CLIP_MEAN], dtype=torch.uint8)
     assert torch.equal(out[:, 0, 0], background) and torch.equal(out[:, -1, -1], background)
-    square = expand_to_square(image, tuple(background.tolist()))
-    assert square.size == (60, 60)
-    assert np.array_equal(np.asarray(square)[15:45], np.asarray(image))
+    reference = llava_expand2square_then_resize(image, transform.background, 48)
+    assert (out.float() - reference.float()).abs().mean() < 1.0
+    assert torch.equal(out[:, :10], reference[:, :10])  # the padding band, away from the bicubic blend
 
 
 def test_crop_and_resize_modes_shapes_and_content():
     image = photo(80, 40)
     crop = ImageTransform(40, CLIP_MEAN, CLIP_STD, mode="crop", draft=False)(image)
     assert torch.equal(crop, torch.from_numpy(np.asarray(image)[:, 20:60].copy()).permute(2, 0, 1))
+    wide = smooth(160, 80)
+    crop = ImageTransform(40, CLIP_MEAN, CLIP_STD, mode="crop", draft=False)(wide)
+    reference = torch.from_numpy(np.array(wide.resize((80, 40), Image.BICUBIC))[:, 20:60]).permute(2, 0, 1)
+    assert (crop.float() - reference.float()).abs().mean() < 1.0
     resized = ImageTransform(16, CLIP_MEAN, CLIP_STD, mode="resize", draft=False)(image)
     assert resized.shape == (3, 16, 16)
 
