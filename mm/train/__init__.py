@@ -1,0 +1,1 @@
+"""Training: ``mm-train`` (Lightning CLI), the training module, stages and optimisation."""
