@@ -80,4 +80,6 @@ def test_demo_recipes_chain_stage1_into_stage2():
     assert stage1.model.policy.stage == "align" and stage1.data.template == "plain"
     assert stage2.model.policy.init_projector_from == stage1.model.export_dir
     assert stage2.model.policy.init_seed == stage1.model.policy.init_seed  # same random tower and LLM
+    assert dict(stage2.model.model.vision) == dict(stage1.model.model.vision)
+    assert dict(stage2.model.model.projector) == dict(stage1.model.model.projector)
     assert stage1.trainer.accelerator == stage2.trainer.accelerator == "cpu"
