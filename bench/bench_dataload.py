@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from mm.data.stream import Piece, read_pieces  # noqa: E402
-from mm.transforms import ImageTransform, expand_to_square  # noqa: E402
+from mm.transforms import ImageTransform  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -115,6 +115,16 @@ def ours_batches(shards: list[Piece], transform: ImageTransform, batch_size: int
         raise RuntimeError(f"shard reader skipped samples of freshly written shards: {dict(skipped)}")
 
 
+def llava_expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """LLaVA-1.5's pad-to-square: the picture centred on a square of the mean colour."""
+    width, height = image.size
+    if width == height:
+        return image
+    square = Image.new(image.mode, (max(width, height),) * 2, background)
+    square.paste(image, ((square.width - width) // 2, (square.height - height) // 2))
+    return square
+
+
 def reference_batches(index_path: Path, processor, batch_size: int, device: str):
     """Loose files + JSON index -> normalised batches on ``device``: the LLaVA-1.5 way."""
     image_dir = index_path.parent / "images"
@@ -122,7 +132,7 @@ def reference_batches(index_path: Path, processor, batch_size: int, device: str)
     pending: list[torch.Tensor] = []
     for entry in json.loads(index_path.read_text()):
         image = Image.open(image_dir / entry["image"]).convert("RGB")
-        image = expand_to_square(image, background)
+        image = llava_expand2square(image, background)
         pending.append(torch.as_tensor(processor.preprocess(image, return_tensors="pt")["pixel_values"][0]))
         if len(pending) >= batch_size:
             yield torch.stack(pending).to(device, non_blocking=True)
@@ -158,7 +168,7 @@ def pixel_gap(shards, index_path, transform, processor) -> float:
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     gaps = []
     for entry in json.loads(index_path.read_text()):
-        image = expand_to_square(Image.open(image_dir / entry["image"]).convert("RGB"), background)
+        image = llava_expand2square(Image.open(image_dir / entry["image"]).convert("RGB"), background)
         reference = torch.as_tensor(processor.preprocess(image, return_tensors="pt")["pixel_values"][0])
         gaps.append(float(((ours[entry["id"]] - reference).abs() * std * 255).mean()))
     return sum(gaps) / len(gaps)
