@@ -15,6 +15,8 @@ from mm.projectors import Projector
 from mm.vision import VisionTower
 
 IGNORE_INDEX = -100
+# Config fields of LLM families whose logits are more than the output layer (Gemma 2/3, Cohere, Granite).
+LOGIT_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @dataclass(frozen=True)
@@ -141,13 +143,19 @@ class VisionLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> CausalLMOutputWithPast:
         """Logits, and the token cross-entropy when `labels` (aligned with `input_ids`) are given.
 
         `attention_mask` (2-D, or 4-D for packed rows) and `position_ids` go to the LLM unchanged. The loss is
         summed over labelled tokens and divided by `num_items_in_batch` when given, else by their count.
+        `return_logits=False` (training) runs the output head on the labelled positions only, where the
+        LLM's head is a plain linear layer: the full `(B, T, vocab)` logits are never made.
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        if labels is not None and not return_logits and self._head_is_plain_linear():
+            return self._labelled_positions_loss(inputs_embeds, attention_mask, position_ids, labels,
+                                                 input_ids, num_items_in_batch)
         out = self.llm(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
@@ -158,6 +166,22 @@ class VisionLanguageModel(nn.Module):
             labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
             loss = causal_lm_loss(out.logits, labels, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=out.logits)
+
+    def _head_is_plain_linear(self) -> bool:
+        """True when the LLM's logits are just its output layer applied to the decoder's states."""
+        config = self.llm.config
+        return all(getattr(config, name, None) in (None, 1.0) for name in LOGIT_MODIFIERS)
+
+    def _labelled_positions_loss(self, inputs_embeds, attention_mask, position_ids, labels, input_ids,
+                                 num_items_in_batch) -> CausalLMOutputWithPast:
+        hidden = self.llm.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        targets = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)[:, 1:].to(hidden.device)
+        keep = targets != IGNORE_INDEX
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])
+        total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return CausalLMOutputWithPast(loss=total / _loss_denominator(keep, num_items_in_batch), logits=None)
 
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
@@ -197,12 +221,14 @@ def causal_lm_loss(
     shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / _loss_denominator(shift_labels != IGNORE_INDEX, num_items_in_batch)
+
+
+def _loss_denominator(labelled: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
     if num_items_in_batch is None:
         # No labelled token gives 0, not NaN: a fully-masked batch contributes nothing.
-        denominator = (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
-    else:
-        denominator = torch.as_tensor(num_items_in_batch, device=total.device)
-    return total / denominator
+        return labelled.sum().clamp(min=1)
+    return torch.as_tensor(num_items_in_batch, device=labelled.device)
 
 
 def _placeholder_runs(image_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

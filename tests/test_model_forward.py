@@ -149,3 +149,36 @@ def test_malformed_inputs_are_clear_errors(model):
         model(ids[0], pixel_values)
     with pytest.raises(ValueError, match="labels .* must align with input_ids"):
         model(ids, pixel_values, labels=ids[:, 1:])
+
+
+@pytest.mark.parametrize("llm", ["llama", "qwen2"])
+def test_labelled_positions_loss_equals_full_logits_loss_and_gradients(llm):
+    """return_logits=False runs the head on labelled positions only: same loss, same gradients."""
+    model = tiny_model(llm=llm)
+    ids, mask, pixel_values = mixed_batch(model)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, : ids.shape[1] // 2] = -100  # only the later tokens are targets, as for assistant turns
+
+    def loss_and_grads(return_logits):
+        model.zero_grad()
+        out = model(ids, pixel_values, attention_mask=mask, labels=labels, num_items_in_batch=5,
+                    return_logits=return_logits)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    full, full_grads = loss_and_grads(True)
+    fast, fast_grads = loss_and_grads(False)
+    assert fast.logits is None and full.logits is not None
+    torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
+    assert fast_grads.keys() == full_grads.keys() and len(fast_grads) > 0
+    for name in full_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_logit_modifying_heads_keep_the_full_path(model, monkeypatch):
+    """A soft-capped head (Gemma 2 style) is not a plain linear layer: the full forward is used."""
+    monkeypatch.setattr(model.llm.config, "final_logit_softcapping", 30.0, raising=False)
+    assert not model._head_is_plain_linear()
+    monkeypatch.setattr(model.llm.config, "final_logit_softcapping", None)
+    assert model._head_is_plain_linear()
