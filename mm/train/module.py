@@ -81,6 +81,7 @@ class VLMTrainingModule(L.LightningModule):
             labels=batch["labels"],
             position_ids=batch.get("position_ids"),
             num_items_in_batch=num_items_in_batch,
+            return_logits=False,  # only the loss is needed: the head runs on labelled positions only
         )
 
     def _packed_mask(self, segment_ids: torch.Tensor) -> torch.Tensor | None:
