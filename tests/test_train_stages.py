@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mm.tiny import tiny_vlm_config
-from mm.train.init import build_for_stage, load_projector
+from mm.train.init import build_for_stage, load_all, load_projector
 from mm.train.optim import param_groups, warmup_cosine
 from mm.train.policy import TrainingPolicy
 
@@ -111,6 +111,26 @@ def test_projector_init_from_export_and_checkpoint(config, tmp_path):
         load_projector(other, tmp_path / "export")
     with pytest.raises(FileNotFoundError):
         load_projector(other, tmp_path / "missing")
+
+
+@pytest.mark.parametrize("llm", ["llama", "qwen2"])  # qwen2's tiny config ties its embeddings
+def test_init_from_export_loads_every_weight_then_applies_the_stage(tmp_path, llm):
+    config = tiny_vlm_config(llm=llm)
+    source = build_for_stage(config, TrainingPolicy(stage="full", init_seed=1))
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(0.5)  # as if trained: differs from any freshly seeded build
+    source.save_pretrained(tmp_path / "export")
+    target = build_for_stage(config, TrainingPolicy(stage="finetune", init_from=str(tmp_path / "export")))
+    target_state = target.state_dict()
+    for key, value in source.state_dict().items():
+        assert torch.equal(target_state[key], value), key
+    assert trainable_parts(target) == {"vision_tower": False, "projector": True, "llm": True}
+    other = build_for_stage(tiny_vlm_config(llm=llm, projector="linear"), TrainingPolicy(stage="align"))
+    with pytest.raises(ValueError, match="do not (fit|match)"):
+        load_all(other, tmp_path / "export")
+    with pytest.raises(ValueError, match="export directory"):
+        load_all(other, tmp_path / "missing.ckpt")
 
 
 def test_gradient_checkpointing_keeps_the_gradients(config):

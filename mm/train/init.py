@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mm.config import VLMConfig
+from mm.weights import assign_state_dict
 from mm.train.policy import TrainingPolicy
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ def build_for_stage(config: VLMConfig, policy: TrainingPolicy, *, trust_remote_c
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(policy.init_seed)
         vlm = build_vlm(config, trust_remote_code=trust_remote_code)
+    if policy.init_from:
+        load_all(vlm, policy.init_from)
     vision, projector, llm = policy.trains
     vlm.set_trainable(vision=vision, projector=projector, llm=llm)
     if policy.init_projector_from:
@@ -53,8 +56,9 @@ def merge_lora(vlm) -> None:
         vlm.llm = vlm.llm.merge_and_unload()
 
 
-def projector_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Projector weights from an export directory (model.safetensors) or a Lightning .ckpt."""
+def saved_state(path: str | Path, part: str = "projector") -> dict[str, torch.Tensor]:
+    """Weights of one part (`projector`, or "" for all) from an export directory (model.safetensors) or a
+    Lightning .ckpt (which holds the trainable weights only)."""
     path = Path(path)
     if path.is_dir():
         from safetensors.torch import load_file
@@ -62,20 +66,32 @@ def projector_state(path: str | Path) -> dict[str, torch.Tensor]:
         weights_file = path / "model.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(f"{path} has no model.safetensors (is it an mm export directory?)")
-        state, prefix = load_file(str(weights_file)), "projector."
+        state, prefix = load_file(str(weights_file)), f"{part}." if part else ""
     elif path.is_file():
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state, prefix = checkpoint.get("state_dict", {}), "vlm.projector."
+        state, prefix = checkpoint.get("state_dict", {}), f"vlm.{part}." if part else "vlm."
     else:
-        raise FileNotFoundError(f"init_projector_from: {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist")
     found = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     if not found:
-        raise ValueError(f"{path} holds no projector weights (no keys starting with {prefix!r})")
+        raise ValueError(f"{path} holds no {part or 'model'} weights (no keys starting with {prefix!r})")
     return found
 
 
+def load_all(vlm, path: str | Path) -> None:
+    """Every weight from an export directory; names and shapes must match this model exactly."""
+    if not Path(path).is_dir():
+        raise ValueError(f"init_from takes an export directory (with model.safetensors), got {path}")
+    state = saved_state(path, part="")
+    try:
+        assign_state_dict(vlm, state, str(path))
+    except RuntimeError as error:  # shape mismatches; names are checked by assign_state_dict
+        raise ValueError(f"weights in {path} do not fit this model: {error}") from error
+    log.info("all weights initialised from %s (%d tensors)", path, len(state))
+
+
 def load_projector(vlm, path: str | Path) -> None:
-    state = projector_state(path)
+    state = saved_state(path)
     try:
         vlm.projector.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -46,6 +46,8 @@ class TrainingPolicy:
     """LLM module names that get LoRA adapters (stage `lora`)."""
     init_projector_from: str | None = None
     """Projector weights from an align run: its export directory or a Lightning checkpoint (.ckpt)."""
+    init_from: str | None = None
+    """Every weight (tower, projector, LLM) from an earlier run's export directory, e.g. when stage 1 trained a model from scratch."""
     init_seed: int = 0
     """Seed of every randomly initialised part, so that stage 2 rebuilds stage 1's random parts exactly."""
     gradient_checkpointing: bool = False
