@@ -31,7 +31,7 @@ def parse(path: Path):
 
 def test_there_are_recipes():
     names = {str(p.relative_to(p.parents[1])) for p in CONFIGS}
-    assert {"demo/stage1_align.yaml", "demo/stage2_finetune.yaml", "llava15/stage1_pretrain.yaml",
+    assert {"demo/stage1_captions.yaml", "demo/stage2_finetune.yaml", "llava15/stage1_pretrain.yaml",
             "llava15/stage2_finetune.yaml"} <= names
     assert any(name.startswith("modern/") for name in names)
 
@@ -48,8 +48,8 @@ def test_config_parses_and_its_parts_validate(path):
 
 def test_a_wrong_key_fails_to_parse(tmp_path):
     bad = tmp_path / "bad.yaml"
-    text = (Path(__file__).resolve().parents[1] / "configs" / "demo" / "stage1_align.yaml").read_text()
-    bad.write_text(text.replace("stage: align", "stagee: align"))
+    text = (Path(__file__).resolve().parents[1] / "configs" / "demo" / "stage1_captions.yaml").read_text()
+    bad.write_text(text.replace("stage: full", "stagee: full"))
     with pytest.raises(SystemExit):
         parse(bad)
 
@@ -76,9 +76,10 @@ def test_llava15_recipes_hold_the_paper_settings():
 
 def test_demo_recipes_chain_stage1_into_stage2():
     base = Path(__file__).resolve().parents[1] / "configs" / "demo"
-    stage1, stage2 = parse(base / "stage1_align.yaml"), parse(base / "stage2_finetune.yaml")
-    assert stage1.model.policy.stage == "align" and stage1.data.template == "plain"
-    assert stage2.model.policy.init_projector_from == stage1.model.export_dir
+    stage1, stage2 = parse(base / "stage1_captions.yaml"), parse(base / "stage2_finetune.yaml")
+    # Nothing in the tiny model is pretrained, so stage 1 trains every part and stage 2 continues it all.
+    assert stage1.model.policy.stage == "full" and stage1.data.template == "plain"
+    assert stage2.model.policy.init_from == stage1.model.export_dir
     assert stage2.model.policy.init_seed == stage1.model.policy.init_seed  # same random tower and LLM
     assert dict(stage2.model.model.vision) == dict(stage1.model.model.vision)
     assert dict(stage2.model.model.projector) == dict(stage1.model.model.projector)

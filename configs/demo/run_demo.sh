@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: synthetic data -> stage 1 (align) -> stage 2 (finetune, projector from stage 1) -> mm-eval on
+# `make demo`: synthetic data -> stage 1 (captions) -> stage 2 (instructions, from stage 1) -> mm-eval on
 # the held-out synthetic splits -> accuracy per question type next to chance. CPU only, tiny model.
 # Re-running skips finished steps (each step's output is written atomically when it completes) and resumes
 # an interrupted training stage from its last checkpoint.
@@ -16,7 +16,7 @@ if [ -f "$DIR/synth/synth.json" ]; then
   stamp "synthetic data already in $DIR/synth"
 else
   stamp "mm-prep synth -> $DIR/synth"
-  mm-prep synth --out "$DIR/synth" --num-train 3000 --num-eval 300 --max-objects 2
+  mm-prep synth --out "$DIR/synth" --num-train 6000 --num-eval 300 --max-objects 2
 fi
 
 train_stage() {  # name config train_shards_json
@@ -37,9 +37,9 @@ train_stage() {  # name config train_shards_json
     --model.export_dir "$root/export" --data.train_shards "$shards" "${@:4}" "${resume[@]}"
 }
 
-train_stage stage1 configs/demo/stage1_align.yaml "[{\"urls\": \"$DIR/synth/align\", \"weight\": 0.25}]"
+train_stage stage1 configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]"
 train_stage stage2 configs/demo/stage2_finetune.yaml "[{\"urls\": \"$DIR/synth/instruct\"}]" \
-  --model.policy.init_projector_from "$DIR/stage1/export"
+  --model.policy.init_from "$DIR/stage1/export"
 
 for task in synth_vqa synth_mc; do
   stamp "mm-eval run --task $task"
