@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mm.config import ProjectorConfig
@@ -41,7 +42,9 @@ class MLPProjector(Projector):
 class PixelShuffleMLPProjector(Projector):
     """Merges each 2x2 block of neighbouring patches into one token (4x fewer), then `mlp2x_gelu`.
 
-    For high-resolution towers: the token count, hence the LLM's sequence, shrinks 4x.
+    For high-resolution towers: the token count, hence the LLM's sequence, shrinks 4x. An odd grid
+    (SigLIP-so400m/14 at 384 px has 27x27 patches) gets a zero row and column at its bottom and right
+    edge first, so its last blocks hold fewer real patches (27x27 -> 14x14 tokens).
     """
 
     factor = 2
@@ -51,14 +54,16 @@ class PixelShuffleMLPProjector(Projector):
         self.mlp = MLPProjector(vision_hidden * self.factor**2, llm_hidden, bias=bias)
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
-        self._grid_side(num_input_tokens)
-        return num_input_tokens // self.factor**2
+        return self._blocks_per_side(self._grid_side(num_input_tokens)) ** 2
+
+    def _blocks_per_side(self, side: int) -> int:
+        return -(-side // self.factor)
 
     def _grid_side(self, num_tokens: int) -> int:
         side = math.isqrt(num_tokens)
-        if side * side != num_tokens or side % self.factor:
+        if side * side != num_tokens:
             raise ValueError(
-                f"pixel_shuffle2x_mlp needs a square patch grid with an even side; got {num_tokens} tokens "
+                f"pixel_shuffle2x_mlp needs a square patch grid; got {num_tokens} tokens "
                 "(prefix/CLS tokens must be dropped: keep_prefix_tokens=False)"
             )
         return side
@@ -66,9 +71,13 @@ class PixelShuffleMLPProjector(Projector):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, t, d = features.shape
         side, f = self._grid_side(t), self.factor
-        grid = features.reshape(n, side // f, f, side // f, f, d)
+        blocks = self._blocks_per_side(side)
+        grid = features.reshape(n, side, side, d)
+        if blocks * f != side:
+            grid = F.pad(grid, (0, 0, 0, blocks * f - side, 0, blocks * f - side))
+        grid = grid.reshape(n, blocks, f, blocks, f, d)
         # (n, row block, col block, row in block, col in block, d): each 2x2 block becomes one token
-        merged = grid.permute(0, 1, 3, 2, 4, 5).reshape(n, (side // f) ** 2, f * f * d)
+        merged = grid.permute(0, 1, 3, 2, 4, 5).reshape(n, blocks**2, f * f * d)
         return self.mlp(merged)
 
 

@@ -45,10 +45,19 @@ def test_bias_can_be_disabled():
     assert projector.linear_1.bias is None and projector.linear_2.bias is None
 
 
+def test_pixel_shuffle_pads_an_odd_grid_with_zeros_at_the_bottom_right():
+    projector = build_projector(ProjectorConfig(kind="pixel_shuffle2x_mlp"), vision_hidden=1, llm_hidden=4)
+    projector.mlp = nn.Identity()
+    grid = torch.arange(1.0, 10.0).view(1, 9, 1)  # a 3x3 grid, values 1..9 (0 = padding)
+    assert projector(grid)[0].tolist() == [[1, 2, 4, 5], [3, 0, 6, 0], [7, 8, 0, 0], [9, 0, 0, 0]]
+    assert projector.num_output_tokens(9) == 4
+    assert projector.num_output_tokens(27 * 27) == 14 * 14  # SigLIP-so400m/14 at 384 px
+
+
 def test_pixel_shuffle_rejects_grids_it_cannot_merge():
     projector = build_projector(ProjectorConfig(kind="pixel_shuffle2x_mlp"), vision_hidden=8, llm_hidden=8)
-    for tokens in (65, 50, 9):  # CLS kept, not square, odd side
-        with pytest.raises(ValueError, match="square patch grid with an even side"):
+    for tokens in (65, 50):  # CLS kept, not square
+        with pytest.raises(ValueError, match="square patch grid"):
             projector.num_output_tokens(tokens)
     with pytest.raises(ValueError, match="keep_prefix_tokens=False"):
         projector(torch.randn(1, 65, 8))
