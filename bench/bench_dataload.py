@@ -228,11 +228,8 @@ def report(args, results, gap: float, num_images: int, total_bytes: int, rounds:
         "mean_jpeg_kb": round(total_bytes / num_images / 1e3, 1),
         "mean_abs_pixel_gap": round(gap, 3),
         "rounds": rounds,
-        "device": common.device_name(args.device),
-        "versions": common.versions(),
-        "command": common.command_line(),
     }
-    common.emit(result)
+    common.emit(result, args.device)
     return result
 
 

@@ -114,11 +114,8 @@ def report(args, results, num_questions: int) -> dict:
         "ratio": round(ratio, 3),
         "target": TARGET,
         "met": ratio >= TARGET,
-        "device": common.device_name(args.device),
-        "versions": common.versions(),
-        "command": common.command_line(),
     }
-    common.emit(result)
+    common.emit(result, args.device)
     return result
 
 

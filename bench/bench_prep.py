@@ -149,11 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_jpeg_kb": round(total_bytes / num_images / 1e3, 1),
         "rounds": rounds,
         "load_average": round(os.getloadavg()[0], 2),
-        "device": common.device_name("cpu"),
-        "versions": common.versions(),
-        "command": common.command_line(),
     }
-    common.emit(result)
+    common.emit(result, "cpu")
     return result
 
 

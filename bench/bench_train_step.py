@@ -354,11 +354,8 @@ def report(args, results, losses, peak, lengths, mix_counts) -> dict:
         "mfu_met": None if mfu is None else mfu >= MFU_TARGET,
         "lengths": lengths,
         "losses": losses,
-        "device": common.device_name(args.device),
-        "versions": common.versions(),
-        "command": common.command_line(),
     }
-    common.emit(result)
+    common.emit(result, args.device)
     return result
 
 

@@ -216,8 +216,9 @@ def torch_profile_paths(paths: dict[str, Callable[[int], dict[str, float]]], top
 REQUIRED_KEYS = ("bench", "ratio", "target", "met", "device", "command")
 
 
-def emit(result: dict) -> None:
-    """Print the one JSON line that run_all collects (a single line, nothing else on it)."""
+def emit(result: dict, device: str) -> None:
+    """Add the device, versions and command, and print the one JSON line that run_all collects."""
+    result.update(device=device_name(device), versions=versions(), command=command_line())
     missing = [key for key in REQUIRED_KEYS if key not in result]
     if missing:
         raise KeyError(f"benchmark result lacks {missing}")
