@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_TRANSFORM_MODES = ("pad", "resize", "crop")
+from mm.transforms import MODES as IMAGE_TRANSFORM_MODES
 
 
 @dataclass

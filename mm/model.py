@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,21 +11,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from mm.config import VLMConfig
 from mm.llm import enable_activation_checkpointing, llm_block_class
 from mm.projectors import Projector
+from mm.transforms import ImageTransform
 from mm.vision import VisionTower
 
 IGNORE_INDEX = -100
 # Config fields of LLM families whose logits are more than the output layer (Gemma 2/3, Cohere, Granite).
 LOGIT_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-@dataclass(frozen=True)
-class ImageTransformConfig:
-    """What `mm.transforms.ImageTransform` needs to prepare images for this model."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    mode: str
 
 
 class VisionLanguageModel(nn.Module):
@@ -53,18 +43,16 @@ class VisionLanguageModel(nn.Module):
 
     # ----------------------------------------------------------------- properties
     @property
-    def image_transform_config(self) -> ImageTransformConfig:
+    def image_transform_config(self) -> ImageTransform:
+        """How images are prepared for this model (the tower's size and normalisation, the config's mode)."""
         tower = self.vision_tower
-        return ImageTransformConfig(
+        return ImageTransform(
             tower.image_size, tuple(tower.image_mean), tuple(tower.image_std), self.config.image_transform
         )
 
-    def make_image_transform(self):
+    def make_image_transform(self) -> ImageTransform:
         """The `mm.transforms.ImageTransform` that prepares images for this model."""
-        from mm.transforms import ImageTransform
-
-        cfg = self.image_transform_config
-        return ImageTransform(image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, mode=cfg.mode)
+        return self.image_transform_config
 
     @property
     def device(self) -> torch.device:
