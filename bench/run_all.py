@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from mm.atomic import write_text_atomic  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPTS = ("bench_dataload.py", "bench_train_step.py", "bench_eval.py", "bench_prep.py")
@@ -142,17 +142,6 @@ def replace_figures(markdown: str, section: str) -> str:
     return markdown[:start] + section + markdown[end + len(MD_END):]
 
 
-def atomic_write(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="run each script's --quick mode")
@@ -171,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.status != "ok":
             print(f"\n{outcome.script}: {outcome.status}\n{outcome.detail}")
     if args.json_out:
-        atomic_write(args.json_out, "".join(json.dumps(r) + "\n" for o in outcomes for r in o.results))
+        write_text_atomic(args.json_out, "".join(json.dumps(r) + "\n" for o in outcomes for r in o.results))
     if args.write_md:
         markdown = MD_PATH.read_text() if MD_PATH.is_file() else "# Benchmarks\n"
-        atomic_write(MD_PATH, replace_figures(markdown, figures_section(outcomes, common.command_line())))
+        write_text_atomic(MD_PATH, replace_figures(markdown, figures_section(outcomes, common.command_line())))
         print(f"\nwrote the figures section of {MD_PATH}")
     return 1 if any(o.status in ("failed", "no-result") for o in outcomes) else 0
 

@@ -72,7 +72,7 @@ def cmd_vqa(args: argparse.Namespace) -> None:
 def cmd_synth(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from data_prep.atomic import write_json_atomic
+    from mm.atomic import write_json_atomic
     from data_prep.synth.eval_splits import write_eval
     from data_prep.synth.generate import SynthConfig, write_train
     from data_prep.synth.world import WorldConfig

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.atomic import write_json_atomic, write_jsonl_atomic
+from mm.atomic import write_json_atomic, write_jsonl_atomic
 from data_prep.images import CHECK_MODES
 from data_prep.records import MISSING_IMAGE, Rejection, Sample
 from data_prep.shards import PROGRESS_DIR, TAR_BLOCK, ShardResult, ShardTask, load_completed, write_shard

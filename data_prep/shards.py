@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from data_prep.atomic import write_json_atomic
+from mm.atomic import write_json_atomic
 from data_prep.images import CheckedImage, ImageError, check_image, downscale
 from data_prep.records import MISSING_IMAGE, UNDECODABLE_IMAGE, ImageRef, RecordError, Sample
 

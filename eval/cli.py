@@ -82,7 +82,7 @@ def cmd_score(args) -> None:
 
 def cmd_compare(args) -> None:
     from eval.pipeline import compare_runs
-    from eval.report import write_text_atomic
+    from mm.atomic import write_text_atomic
 
     table = compare_runs(args.run_dirs)
     if args.out:
@@ -92,7 +92,7 @@ def cmd_compare(args) -> None:
 
 def cmd_suite(args) -> None:
     from eval.pipeline import build_options, compare_runs, run_task
-    from eval.report import write_text_atomic
+    from mm.atomic import write_text_atomic
     from eval.suite import load_suite
 
     entries = [(name, task, build_options(task, values)) for name, task, values in load_suite(args.config, args.data)]

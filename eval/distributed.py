@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence, TypeVar
 
 from eval.predictions import id_key
-from eval.report import write_text_atomic
+from mm.atomic import write_text_atomic
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from typing import Any
 
 from eval.distributed import Ranks, barrier
 from eval.predictions import id_key, read_predictions
-from eval.report import compare_markdown, metrics_markdown, write_json_atomic, write_text_atomic
+from eval.report import compare_markdown, metrics_markdown
+from mm.atomic import write_json_atomic, write_text_atomic
 from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype
 from eval.scoring.evaluate import score_predictions
 from eval.tasks import get_task

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from mm.data.dataset import ShardStreamDataset, StreamSettings
 from mm.data.samples import SampleDecoder
 from mm.data.shards import ShardSource, expand_urls, resolve_source
-from mm.data.stream import Piece, consumer_bounds, plan_epoch, slice_pieces
+from mm.data.stream import Piece, consumer_bounds, slice_pieces
 from mm.transforms import ImageTransform
 from train_helpers import caption_record, png_bytes, tokenizer, write_shards, write_tar
 

@@ -3,7 +3,8 @@
 import json
 
 from eval.pipeline import compare_runs
-from eval.report import metrics_markdown, write_json_atomic
+from eval.report import metrics_markdown
+from mm.atomic import write_json_atomic
 
 
 def test_metrics_markdown_tables():

@@ -1,6 +1,5 @@
 """Each task reads hand-written fixtures in its benchmark's official format; golden metrics by hand."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ code), eval splits in benchmark layouts, rendering matching the graph, determini
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.atomic import write_bytes_atomic, write_json_atomic, write_jsonl_atomic
+from mm.atomic import write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from data_prep.synth.generate import SynthConfig, scene_rng
 from data_prep.synth.programs import VQA_PROGRAMS, answer_space_size, ask, get_program
 from data_prep.synth.world import Scene, WorldConfig, render_png, sample_scene
