@@ -19,6 +19,8 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.LongTensor:
+    """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS); greedy, or
+    sampling with `temperature` and `top_p` (seeded by `generator`)."""
     _check_generation_args(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p)
     tokenizer = model.tokenizer
     eos_ids = _eos_ids(eos_token_id, tokenizer)

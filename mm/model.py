@@ -9,6 +9,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mm.config import VLMConfig
+from mm.generation import generate as generate_tokens
 from mm.llm import enable_activation_checkpointing, llm_block_class
 from mm.projectors import Projector
 from mm.transforms import ImageTransform
@@ -172,28 +173,8 @@ class VisionLanguageModel(nn.Module):
         return CausalLMOutputWithPast(loss=total / _loss_denominator(keep, num_items_in_batch), logits=None)
 
     # ----------------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        eos_token_id: int | list[int] | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> torch.LongTensor:
-        """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS)."""
-        from mm.generation import generate
-
-        return generate(
-            self, input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, use_cache=use_cache,
-            generator=generator,
-        )
+    # The method is `mm.generation.generate` itself (the model is its first argument): one signature.
+    generate = torch.no_grad()(generate_tokens)
 
     # ----------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory) -> None:
