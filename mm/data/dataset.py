@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mm.data.batching import collate, length_grouped, masked_copy, pack
 from mm.data.samples import Sample, SampleDecoder, SkipSample
+from mm.data.skips import SkipReason
 from mm.data.shards import ResolvedSource
 from mm.data.stream import consumer_bounds, plan_epoch, read_pieces, shuffle_buffer, slice_pieces
 
@@ -134,7 +135,7 @@ class ShardStreamDataset(IterableDataset):
                 dropped = sum(len(rest) for rest in groups)
                 if dropped:
                     log.info("consumer %d drops %d samples beyond its %d batches", consumer, dropped, quota)
-                    skipped["dropped_uneven_tail"] += dropped
+                    skipped[SkipReason.DROPPED_UNEVEN_TAIL.value] += dropped
             if produced > replay:
                 yield self._with_counts(last, skipped, reported, is_padding=False)
             reported = skipped.copy()  # replayed batches were counted before the checkpoint
@@ -163,7 +164,7 @@ class ShardStreamDataset(IterableDataset):
             try:
                 yield self.decoder(record)
             except SkipSample as error:
-                skipped[error.reason] += 1
+                skipped[error.reason.value] += 1
                 log.warning("skipped sample (%s)", error)
 
     def _batch(self, samples: list[Sample]) -> dict:

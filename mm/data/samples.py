@@ -9,15 +9,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mm.chat import ConversationError, SampleTooLong, encode_conversation
+from mm.data.skips import SkipReason
 from mm.transforms import ImageTransform
 
 
 class SkipSample(Exception):
     """A sample that cannot be used; ``reason`` becomes the `skipped/<reason>` counter."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+    def __init__(self, reason: SkipReason, detail: str):
+        self.reason = SkipReason(reason)  # an unknown reason fails here, where it is raised
+        super().__init__(f"{self.reason.value}: {detail}")
 
 
 @dataclass
@@ -49,7 +50,7 @@ class SampleDecoder:
         conversation = meta.get("conversations")
         image_names = meta.get("images", [])
         if not isinstance(conversation, list) or not isinstance(image_names, list):
-            raise SkipSample("bad_json", f"{key}: `conversations` and `images` must be lists")
+            raise SkipSample(SkipReason.BAD_JSON, f"{key}: `conversations` and `images` must be lists")
         try:
             encoded = encode_conversation(
                 conversation,
@@ -60,29 +61,29 @@ class SampleDecoder:
                 max_length=self.max_length,
             )
         except SampleTooLong as error:
-            raise SkipSample("too_long", f"{key}: {error}") from error
+            raise SkipSample(SkipReason.TOO_LONG, f"{key}: {error}") from error
         except ConversationError as error:
-            raise SkipSample("bad_conversation", f"{key}: {error}") from error
+            raise SkipSample(SkipReason.BAD_CONVERSATION, f"{key}: {error}") from error
         if encoded.num_images != len(image_names):
-            raise SkipSample("image_mismatch", f"{key}: {encoded.num_images} placeholders, {len(image_names)} images")
+            raise SkipSample(SkipReason.IMAGE_MISMATCH, f"{key}: {encoded.num_images} placeholders, {len(image_names)} images")
         images = [self._image(record, name, key) for name in image_names]
         return Sample(encoded.input_ids, encoded.labels, images, key)
 
     def _json(self, record: dict, key: str) -> dict:
         if "json" not in record:
-            raise SkipSample("bad_json", f"{key}: no .json member")
+            raise SkipSample(SkipReason.BAD_JSON, f"{key}: no .json member")
         try:
             meta = json.loads(record["json"])
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SkipSample("bad_json", f"{key}: {error}") from error
+            raise SkipSample(SkipReason.BAD_JSON, f"{key}: {error}") from error
         if not isinstance(meta, dict):
-            raise SkipSample("bad_json", f"{key}: JSON is not an object")
+            raise SkipSample(SkipReason.BAD_JSON, f"{key}: JSON is not an object")
         return meta
 
     def _image(self, record: dict, name: str, key: str) -> torch.Tensor:
         if name not in record:
-            raise SkipSample("missing_image", f"{key}: no member {name!r}")
+            raise SkipSample(SkipReason.MISSING_IMAGE, f"{key}: no member {name!r}")
         try:
             return self.image_transform.load(record[name])
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-            raise SkipSample("bad_image", f"{key}/{name}: {error}") from error
+            raise SkipSample(SkipReason.BAD_IMAGE, f"{key}/{name}: {error}") from error

@@ -18,6 +18,7 @@ from typing import Iterator
 import webdataset
 
 from mm.data.shards import ResolvedSource, sample_key
+from mm.data.skips import SkipReason
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def read_pieces(pieces: list[Piece], skipped: Counter) -> Iterator[RawSample]:
             log.warning("shard %s failed after %d of %d samples: %s", piece.url, delivered, len(piece), error)
         if delivered < len(piece):
             missing = len(piece) - delivered
-            skipped["shard_error"] += missing
+            skipped[SkipReason.SHARD_ERROR.value] += missing
             log.warning("shard %s: %d samples of the planned slice could not be read", piece.url, missing)
 
 
