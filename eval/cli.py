@@ -11,7 +11,7 @@ from pathlib import Path
 from eval.distributed import Ranks, init_process_group
 from eval.predictions import PredictionFileError
 from eval.tasks import TASKS, UnknownTaskError, get_task
-from eval.tasks.base import TaskDataError
+from eval.tasks.base import TaskDataError, flag
 
 log = logging.getLogger("mm-eval")
 
@@ -21,7 +21,7 @@ def add_task_options(parser: argparse.ArgumentParser, task_name: str) -> None:
     group = parser.add_argument_group(f"{task_name} data options")
     for f in fields(get_task(task_name).options_type):
         required = f.default is MISSING
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"opt_{f.name}", required=required,
+        group.add_argument(flag(f.name), dest=f"opt_{f.name}", required=required,
                            default=None if required else f.default, help=f.metadata.get("help", ""))
 
 
@@ -47,11 +47,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare_model(args):
-    from eval.pipeline import load_model, pick_device
+    from eval.pipeline import load_model, output_folder, pick_device
     from eval.runner import GenerationSettings
 
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
         raise TaskDataError("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
+    output_folder(args.out)  # before the (slow) model load
     ranks = Ranks.from_env()
     device = pick_device(args.device, ranks)
     init_process_group(ranks, device)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from eval.predictions import id_key
+from eval.predictions import id_key, parse_predictions
 from mm.atomic import write_text_atomic
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,17 +68,12 @@ def gather(out_dir: Path) -> int:
     lines: list[str] = []
     sources = existing_prediction_files(out_dir)
     for path in sources:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # A torn tail of a crashed rank: that question counts as missing when scored.
-                log.warning("%s: skipping an unreadable line while merging", path)
-                continue
+        # A torn tail of a crashed rank is left out: that question counts as missing when scored.
+        for record in parse_predictions(path, torn_tail=True)[0]:
             key = id_key(record["question_id"])
             if key not in seen:
                 seen.add(key)
-                lines.append(line)
+                lines.append(json.dumps(record, ensure_ascii=False))
     write_text_atomic(out_dir / "predictions.jsonl", "".join(line + "\n" for line in lines))
     for path in sources:
         if path.name != "predictions.jsonl":

@@ -49,12 +49,28 @@ def read_questions(task_name: str, options) -> list:
     return questions
 
 
+def output_folder(path: str | Path) -> Path:
+    """The --out folder, created if need be; a file in its place is a clear error, not a traceback later."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TaskDataError(f"--out {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a file where a parent folder should be
+        raise TaskDataError(f"--out {path}: cannot create the folder ({error.strerror})") from None
+    return path
+
+
 def score_task(task_name: str, options, predictions_file: str | Path, out_dir: str | Path, questions=None) -> dict:
     """Score a predictions file (ours or LLaVA-format from elsewhere); write metrics.json and metrics.md."""
     task = get_task(task_name)
+    out_dir = output_folder(out_dir)
     questions = read_questions(task_name, options) if questions is None else questions
-    metrics = score_predictions(task, options, questions, read_predictions(predictions_file))
-    out_dir = Path(out_dir)
+    records = read_predictions(predictions_file)
+    metrics = score_predictions(task, options, questions, records)
+    if questions and records and metrics["answered"] == 0:  # e.g. another task's file: refuse, not a silent 0
+        raise TaskDataError(f"{predictions_file}: none of its {len(records)} predictions has the id of a {task_name} "
+                            f"question (e.g. {task.prediction_id(records[0])!r}); is it another task's file?")
     write_json_atomic(out_dir / "metrics.json", {"task": task_name, **metrics})
     write_text_atomic(out_dir / "metrics.md", metrics_markdown(task_name, metrics))
     return metrics
@@ -116,8 +132,7 @@ def run_record(model, dtype, checkpoint: str, task_name: str, options, settings:
 def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: str | Path, settings: GenerationSettings,
              *, limit: int | None = None, device: str = "cpu", ranks: Ranks = Ranks()) -> dict | None:
     """Generate (resuming) and score one task; rank 0 writes run.json and metrics. Returns metrics on rank 0."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     started = time.time()
     questions = read_questions(task_name, options)
     if limit is not None:

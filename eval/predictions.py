@@ -21,60 +21,70 @@ def id_key(question_id) -> str:
     return str(question_id)
 
 
+def _parse_line(line: bytes) -> dict:
+    """One prediction record; a ValueError says what is wrong with the line."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
+        raise ValueError(f"a prediction needs {', '.join(REQUIRED_KEYS)}")
+    if not isinstance(record["text"], str):  # a null would otherwise be scored as the answer "None"
+        raise ValueError(f"text must be a string, not {json.dumps(record['text'])}")
+    return record
+
+
+def parse_predictions(path: Path, *, torn_tail: bool = False) -> tuple[list[dict], int]:
+    """The records of a predictions file and the length in bytes of the part they were read from.
+
+    One rule for `score` and for resuming `run`: every line is a JSON object with `question_id` and a
+    string `text`; blank lines are skipped; any other line is an error naming file and line. With
+    `torn_tail` (resuming a file a crash may have cut mid-write) an unterminated or bad last line is
+    left out, and the length returned ends before it.
+    """
+    data = path.read_bytes()
+    records, start = [], 0
+    for number, line in enumerate(data.split(b"\n"), 1):
+        end = start + len(line)
+        try:
+            if line.strip():
+                if torn_tail and end == len(data):
+                    raise ValueError("no newline at its end")
+                records.append(_parse_line(line))
+        except ValueError as error:
+            if torn_tail and not data[end:].strip():
+                return records, start
+            where = "; not the last line, so no torn write a resume may cut off" if torn_tail else ""
+            raise PredictionFileError(f"{path}:{number}: {error}{where}") from None
+        start = end + 1
+    return records, len(data)
+
+
 def read_predictions(path: str | Path) -> list[dict]:
-    """All records of a predictions file; a malformed line is a clear error naming file and line."""
+    """All records of a predictions file (see `parse_predictions`)."""
     path = Path(path)
     if not path.is_file():
         raise PredictionFileError(f"predictions file not found: {path} (given by --predictions)")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PredictionFileError(f"{path}:{number}: not valid JSON ({error})") from None
-            if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
-                raise PredictionFileError(f"{path}:{number}: a prediction needs {', '.join(REQUIRED_KEYS)}")
-            records.append(record)
-    return records
+    return parse_predictions(path)[0]
 
 
 def recover_partial(path: str | Path, *, truncate: bool = True) -> set[str]:
-    """Ids already answered in `path`, after cutting a torn (unterminated or unparsable) tail.
+    """Ids already answered in `path`, after cutting a torn last line (see `parse_predictions`).
 
-    A crash can leave the last line half written; it is truncated so its question is asked again
-    (`truncate=False` only reads, for files another process owns). Only the tail may be torn: a bad
-    line followed by good ones means the file is not ours to fix.
+    The torn line's question is asked again; `truncate=False` only reads, for files another process owns.
     """
     path = Path(path)
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    done: set[str] = set()
-    good_end = 0
-    position = 0
-    while position < len(data):
-        newline = data.find(b"\n", position)
-        end = len(data) if newline < 0 else newline + 1
-        try:
-            record = json.loads(data[position:end]) if newline >= 0 else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = None
-        if record is None or not isinstance(record, dict) or "question_id" not in record:
-            if data[end:].strip():
-                raise PredictionFileError(f"{path}: malformed line at byte {position} is not the last one; "
-                                          "refusing to resume over it")
-            break
-        done.add(id_key(record["question_id"]))
-        good_end = end
-        position = end
-    if good_end < len(data) and truncate:
-        log.warning("%s: dropping a torn last line (%d bytes); its question is asked again", path, len(data) - good_end)
+    records, good_end = parse_predictions(path, torn_tail=True)
+    size = path.stat().st_size
+    if good_end < size and truncate:
+        log.warning("%s: dropping a torn last line (%d bytes); its question is asked again", path, size - good_end)
         with open(path, "r+b") as handle:
             handle.truncate(good_end)
-    return done
+    return {id_key(record["question_id"]) for record in records}
 
 
 def append_predictions(path: str | Path, records: Iterable[dict]) -> None:

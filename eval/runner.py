@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from PIL import Image
 
 from eval.distributed import Ranks, barrier, existing_prediction_files, gather, part_file, shard
 from eval.predictions import append_predictions, id_key, recover_partial
@@ -77,7 +78,7 @@ class Generator:
             for image in question.images:
                 try:
                     pixels.append(self.transform(self.transform.open(image)))
-                except (OSError, ValueError) as error:
+                except (OSError, ValueError, Image.DecompressionBombError) as error:
                     name = image if isinstance(image, Path) else f"embedded image of question {question.question_id}"
                     raise TaskDataError(f"cannot decode {name}: {error}") from None
         return torch.stack(pixels) if pixels else None

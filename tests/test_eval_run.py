@@ -1,12 +1,18 @@
 """End to end on the tiny model: batching parity, resume after a crash, run record, scoring."""
 
+import contextlib
+import io
 import json
+import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from eval.cli import main
+from eval.predictions import read_predictions
 from eval.tiny_bench import write_tiny_vqa_benchmark
 
 MAX_NEW = "6"
@@ -148,6 +154,47 @@ def test_missing_image_is_a_clear_error(setup, tmp_path, capsys):
             "--image-root", str(tmp_path / "nowhere")]
     assert main(argv) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_resume_skips_blank_lines_as_score_does(setup, reference):
+    out = setup[0] / "blank"
+    out.mkdir()
+    kept = list(reference[1])[:2]
+    lines = [json.dumps({"question_id": q, "prompt": "", "text": "KEPT", "model_id": "x", "metadata": {}}) for q in kept]
+    (out / "predictions.jsonl").write_text(lines[0] + "\n\n" + lines[1] + "\n\n")
+    _run(setup, out, "--batch-size", "8")
+    answers = {r["question_id"]: r["text"] for r in read_predictions(out / "predictions.jsonl")}
+    assert set(answers) == set(reference[1]) and all(answers[q] == "KEPT" for q in kept)
+
+
+def _run_error(setup, out, image_root=None) -> tuple[int, str]:
+    """rc and stderr of a run that should fail; a traceback fails the test."""
+    root, options = setup
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        rc = main(["run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2", "--out", str(out), "--device", "cpu",
+                   "--max-new-tokens", MAX_NEW, "--questions", options["questions"],
+                   "--annotations", options["annotations"], "--image-root", image_root or options["image_root"]])
+    return rc, stderr.getvalue()
+
+
+def test_run_refuses_an_out_that_is_a_file(setup, tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("")
+    assert _run_error(setup, out) == (2, f"mm-eval: error: --out {out} is a file, not a folder\n")
+
+
+def test_decompression_bomb_image_is_a_clear_error(setup, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(setup[1]["image_root"], images)
+    bomb = images / "COCO_val2014_000000000003.jpg"
+    # A PNG header declaring 30000 x 30000 pixels: PIL refuses it before decoding anything.
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    rc, err = _run_error(setup, tmp_path / "out", str(images))
+    assert rc == 2 and err.startswith(f"mm-eval: error: cannot decode {bomb}: ") and len(err.splitlines()) == 1
+    assert "decompression bomb" in err
 
 
 def test_score_and_compare(setup, reference, tmp_path, capsys):

@@ -54,5 +54,5 @@ def test_recover_partial_truncates_only_a_torn_tail(tmp_path):
 def test_recover_partial_refuses_damage_in_the_middle(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"question_id": 1, "text": "a"}\nnot json\n{"question_id": 2, "text": "b"}\n')
-    with pytest.raises(PredictionFileError, match="not the last one"):
+    with pytest.raises(PredictionFileError, match=r"p.jsonl:2: not valid JSON .*not the last line"):
         recover_partial(path)

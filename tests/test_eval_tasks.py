@@ -1,5 +1,6 @@
 """Each task reads hand-written fixtures in its benchmark's official format; golden metrics by hand."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,58 @@ def test_cli_score_errors_name_the_file_and_option(tmp_path, capsys):
     assert "bad.jsonl:2: a prediction needs question_id, text" in capsys.readouterr().err
     assert main(["score", "--task", "nope", "--predictions", str(bad), "--out", str(tmp_path)]) == 2
     assert "valid tasks:" in capsys.readouterr().err
+
+
+def _score_cli(tmp_path, predictions, questions=FIX / "vqav2/questions.json", out=None):
+    """rc and stderr of `mm-eval score --task vqav2` on the fixture; a traceback fails the test."""
+    import contextlib
+    import io
+
+    from eval.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        rc = main(["score", "--task", "vqav2", "--questions", str(questions), "--predictions", str(predictions),
+                   "--annotations", str(FIX / "vqav2/annotations.json"), "--out", str(out or tmp_path / "out")])
+    return rc, stderr.getvalue()
+
+
+def test_score_refuses_bytes_that_are_not_utf8_naming_file_and_line(tmp_path):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_bytes(b'{"question_id": 420, "text": "2"}\n{"question_id": 421, "text": "caf\xe9"}\n')
+    assert _score_cli(tmp_path, predictions) == (2, f"mm-eval: error: {predictions}:2: not UTF-8 text\n")
+    questions = tmp_path / "questions.json"
+    questions.write_bytes((FIX / "vqav2/questions.json").read_bytes().replace(b"dogs", b"d\xf6gs"))
+    rc, err = _score_cli(tmp_path, FIX / "vqav2/predictions.jsonl", questions)
+    assert rc == 2 and err.startswith(f"mm-eval: error: {questions}:3 (--questions): not UTF-8 text")
+    assert len(err.splitlines()) == 1
+
+
+def test_score_refuses_a_text_that_is_not_a_string(tmp_path):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"question_id": 420, "text": "2"}\n{"question_id": 421, "text": null}\n')
+    assert _score_cli(tmp_path, predictions) == (2, f"mm-eval: error: {predictions}:2: text must be a string, not null\n")
+
+
+def test_score_refuses_predictions_of_another_task(tmp_path):
+    rc, err = _score_cli(tmp_path, FIX / "gqa/predictions.jsonl")
+    assert rc == 2 and "none of its" in err and "another task" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_score_refuses_an_out_that_is_a_file(tmp_path):
+    out = tmp_path / "metrics"
+    out.write_text("not a folder")
+    assert _score_cli(tmp_path, FIX / "vqav2/predictions.jsonl", out=out) == \
+        (2, f"mm-eval: error: --out {out} is a file, not a folder\n")
+
+
+def test_blank_lines_in_predictions_are_skipped(tmp_path):
+    predictions = tmp_path / "p.jsonl"
+    lines = (FIX / "vqav2/predictions.jsonl").read_text().splitlines()
+    predictions.write_text(lines[0] + "\n\n  \n" + "\n".join(lines[1:]) + "\n\n")
+    assert _score_cli(tmp_path, predictions)[0] == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["overall"] == 30.0
 
 
 def test_mmbench_tsv_with_rotated_rows_is_used_as_is(tmp_path):

@@ -25,8 +25,7 @@ def score_predictions(task: Task, options: Any, questions: Sequence[Question], r
         elif key in answers:
             duplicates += 1
         else:
-            text = record["text"]
-            answers[key] = text if isinstance(text, str) else str(text)
+            answers[key] = record["text"]
     aligned = [answers.get(id_key(q.question_id)) for q in questions]
     missing = sum(a is None for a in aligned)
     if missing or unknown or duplicates:

@@ -52,38 +52,53 @@ def file_options(options: Any) -> dict[str, str]:
             if f.metadata.get("file") and getattr(options, f.name) not in (None, "")}
 
 
+def flag(option_name: str) -> str:
+    """The CLI flag of a task option: `image_root` -> `--image-root`."""
+    return f"--{option_name.replace('_', '-')}"
+
+
 def require_path(path: str | Path, option_name: str, *, directory: bool = False) -> Path:
     """The path, or a clear error naming the file and the option that gave it."""
     path = Path(path)
     ok = path.is_dir() if directory else path.is_file()
     if not ok:
         kind = "folder" if directory else "file"
-        raise TaskDataError(f"{kind} not found: {path} (given by --{option_name.replace('_', '-')})")
+        raise TaskDataError(f"{kind} not found: {path} (given by {flag(option_name)})")
     return path
+
+
+def read_text(path: str | Path, option_name: str) -> str:
+    """A data file's text; a missing file or bytes that are not UTF-8 are an error naming file, line and option."""
+    path = require_path(path, option_name)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise TaskDataError(f"{path}:{line} ({flag(option_name)}): not UTF-8 text "
+                            f"(byte 0x{data[error.start]:02x} at offset {error.start})") from None
 
 
 def load_json(path: str | Path, option_name: str) -> Any:
     """Parse a JSON file, naming the file and option on failure."""
-    path = require_path(path, option_name)
+    text = read_text(path, option_name)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        raise TaskDataError(f"{path} (--{option_name.replace('_', '-')}) is not valid JSON: {error}") from None
+        raise TaskDataError(f"{path} ({flag(option_name)}) is not valid JSON: {error}") from None
 
 
 def load_json_lines(path: str | Path, option_name: str) -> list[dict]:
     """Parse a JSON-lines file (blank lines skipped), naming file, option and line on failure."""
-    path = require_path(path, option_name)
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise TaskDataError(f"{path}:{number} (--{option_name.replace('_', '-')}): bad JSON: {error}") from None
+    # Split on "\n" only: JSON text may hold other line separators (U+2028) inside strings.
+    for number, line in enumerate(read_text(path, option_name).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise TaskDataError(f"{path}:{number} ({flag(option_name)}): bad JSON: {error}") from None
     return records
 
 

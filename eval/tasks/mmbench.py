@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import io
 import sys
 from dataclasses import dataclass
 
 from eval.scoring.choice import CircularItem, mmbench_metrics
-from eval.tasks.base import LETTER_ANSWER, Question, TaskDataError, format_options, option, require_path
+from eval.tasks.base import LETTER_ANSWER, Question, TaskDataError, format_options, option, read_text
 
 LETTERS = ("A", "B", "C", "D", "E", "F")
 # Rotated copies of a question carry index + k * 1e6 (MMBench's own circular TSVs use this too).
@@ -28,10 +29,9 @@ def _absent(value: str | None) -> bool:
 
 
 def _rows(path: str) -> list[dict]:
-    require_path(path, "tsv")
     csv.field_size_limit(sys.maxsize)  # base64 images exceed csv's default field limit
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = io.StringIO(read_text(path, "tsv"), newline="")
+    rows = list(csv.DictReader(text, delimiter="\t", quoting=csv.QUOTE_NONE))
     required = {"index", "question", "answer", "image", "A", "B"}
     if rows and not required <= set(rows[0]):
         raise TaskDataError(f"{path} (--tsv): missing columns {sorted(required - set(rows[0]))}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.scoring.yesno import MME_COGNITION, MME_PERCEPTION, MMEItem, mme_metrics
-from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, option, require_path
+from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, option, read_text, require_path
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 
@@ -36,7 +36,7 @@ def _subtask_files(folder: Path) -> list[tuple[Path, Path]]:
 
 def _read_pairs(text_file: Path) -> list[tuple[str, str]]:
     pairs = []
-    for number, line in enumerate(text_file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(text_file, "mme_root").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.rstrip("\n").split("\t")
