@@ -10,6 +10,7 @@ from torch import nn
 
 from mm.config import LLMConfig
 from mm.files import read_json
+from mm.hub import local_or_hub
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ def build_llm(config: LLMConfig, *, load_weights: bool = True, trust_remote_code
         hf_config = _config_from_dict(_llm_arch(config), trust_remote_code)
         return AutoModelForCausalLM.from_config(hf_config, **common)
     refuse_llava_directory(config.name_or_path)
-    return AutoModelForCausalLM.from_pretrained(config.name_or_path, dtype="auto", **common)
+    with local_or_hub(config.name_or_path, "LLM"):
+        return AutoModelForCausalLM.from_pretrained(config.name_or_path, dtype="auto", **common)
 
 
 def refuse_llava_directory(name_or_path: str) -> None:
@@ -38,7 +40,8 @@ def refuse_llava_directory(name_or_path: str) -> None:
 def load_tokenizer(source: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    with local_or_hub(source, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer at {source!r} is not a fast tokenizer (offsets are needed by mm.chat)")
     return tokenizer

@@ -9,6 +9,7 @@ import torch
 
 from mm.config import VisionTowerConfig
 from mm.files import read_json
+from mm.hub import local_or_hub
 from mm.llm import refuse_llava_directory
 from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower
 
@@ -30,7 +31,8 @@ class HFVisionTower(VisionTower):
         config_class = getattr(transformers, self.config_class_name)
         source = _hf_source(config, load_weights)
         if source == "weights":
-            self.model = model_class.from_pretrained(config.name_or_path)
+            with local_or_hub(config.name_or_path, "vision tower"):
+                self.model = model_class.from_pretrained(config.name_or_path)
         else:
             arch = config.model_config if source == "inline" else read_json(config.name_or_path)
             self.model = model_class(config_class.from_dict(_vision_part(arch)))
