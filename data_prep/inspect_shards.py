@@ -27,17 +27,38 @@ class ShardSample:
     images: list[bytes] = field(default_factory=list)
 
 
+class ShardReadError(ValueError):
+    """A shard (or its manifest) cannot be read back: truncated or corrupt."""
+
+
+def _manifest_counts(directory: Path) -> dict[str, int] | None:
+    """{shard name: num_samples} from manifest.json, or None without one."""
+    manifest = directory / "manifest.json"
+    if not manifest.exists():
+        return None
+    try:
+        return {shard["name"]: shard["num_samples"] for shard in json.loads(manifest.read_text())["shards"]}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ShardReadError(f"{manifest}: not a shard manifest ({error!r})") from None
+
+
 def shard_paths(directory: str | Path) -> list[Path]:
     """The shards listed in manifest.json (only complete ones), else every `*.tar` in the directory."""
     directory = Path(directory)
-    manifest = directory / "manifest.json"
-    if manifest.exists():
-        return [directory / shard["name"] for shard in json.loads(manifest.read_text())["shards"]]
-    return sorted(directory.glob("*.tar"))
+    counts = _manifest_counts(directory)
+    return [directory / name for name in counts] if counts is not None else sorted(directory.glob("*.tar"))
 
 
 def iter_shard(path: Path) -> Iterator[ShardSample]:
-    """Samples of one shard, in tar order (a sample's members are contiguous, json first)."""
+    """Samples of one shard, in tar order; a shard that cannot be read is an error naming it."""
+    try:
+        yield from _read_shard(path)
+    except (tarfile.TarError, OSError, ValueError) as error:
+        raise ShardReadError(f"{path}: cannot read the shard, truncated or corrupt? ({error})") from None
+
+
+def _read_shard(path: Path) -> Iterator[ShardSample]:
+    """A sample's members are contiguous, json first."""
     with tarfile.open(path, "r") as tar:
         members: dict[str, bytes] = {}
         current = None
@@ -56,17 +77,24 @@ def iter_shard(path: Path) -> Iterator[ShardSample]:
 
 def _assemble(shard: str, key: str, members: dict[str, bytes]) -> ShardSample:
     if "json" not in members:
-        raise ValueError(f"{shard}: sample {key!r} has no .json member")
+        raise ValueError(f"sample {key!r} has no .json member")
     record = json.loads(members["json"])
     missing = [s for s in record.get("images", []) if s not in members]
     if missing:
-        raise ValueError(f"{shard}: sample {key!r} lacks image members {missing}")
+        raise ValueError(f"sample {key!r} lacks image members {missing}")
     return ShardSample(shard, key, record, [members[s] for s in record.get("images", [])])
 
 
 def iter_samples(directory: str | Path) -> Iterator[ShardSample]:
+    """Samples of every shard; a shard holding fewer samples than its manifest says was cut short."""
+    counts = _manifest_counts(Path(directory)) or {}
     for path in shard_paths(directory):
-        yield from iter_shard(path)
+        read = 0
+        for sample in iter_shard(path):
+            read += 1
+            yield sample
+        if path.name in counts and read != counts[path.name]:
+            raise ShardReadError(f"{path}: {read} samples, but manifest.json says {counts[path.name]}; truncated?")
 
 
 def _stats(values: list[int]) -> dict:

@@ -7,6 +7,7 @@ import html
 import io
 import json
 
+import pytest
 from PIL import Image
 
 from data_prep.cli import main
@@ -73,3 +74,23 @@ def test_token_statistics_with_a_local_tokenizer(tmp_path, capsys):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     expected = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ("what is this", "a cat"))
     assert report["tokens"]["max"] == report["tokens"]["min"] == expected > 2
+
+
+@pytest.mark.parametrize("cut", ["mid_member", "at_header"])
+def test_inspect_names_a_truncated_shard(tmp_path, capsys, cut):
+    records = [{"id": str(i), "conversations": [{"from": "human", "value": "q" * 700}, {"from": "gpt", "value": "a"}]}
+               for i in range(4)]
+    (tmp_path / "t.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    assert main(["llava", "--annotations", str(tmp_path / "t.json"), "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    shard = next(out.glob("*.tar"))
+    data = shard.read_bytes()
+    # Each sample is one ~1 KB json member: a cut inside its data fails to read; a cut at a 512-byte
+    # header boundary reads as a shorter, complete-looking tar (only the manifest's count tells).
+    size = 512 + 512 + 300 if cut == "mid_member" else 3 * 1024
+    shard.write_bytes(data[:size])
+    assert main(["inspect", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mm-prep inspect: error: {shard}: ") and "truncated" in err and len(err.splitlines()) == 1
