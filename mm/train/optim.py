@@ -1,4 +1,5 @@
-"""AdamW parameter groups (per component, decay / no decay) and the warmup + cosine schedule."""
+"""AdamW parameter groups (per component, decay / no decay), the warmup + cosine schedule, and the global
+gradient norm (and clipping by it) for gradients sharded over ranks."""
 
 from __future__ import annotations
 
@@ -75,3 +76,28 @@ def build_optimizer(model: nn.Module, policy: TrainingPolicy, total_steps: int):
         optimizer, warmup_cosine(total_steps, policy.warmup_ratio, policy.min_lr_ratio)
     )
     return optimizer, schedule
+
+
+def global_grad_norm(grads: list[torch.Tensor], sharded_over=None, device=None) -> torch.Tensor:
+    """The L2 norm of the whole gradient.
+
+    `sharded_over`: the process group whose ranks each hold a disjoint piece of the gradients (FSDP), so the
+    squared norms are summed over it; every rank must call this, also one that holds no piece. None when each
+    rank holds all of them (one device, or DDP, whose gradients are already averaged: summing would count
+    them world-size times). `device`: where the sum lives (the one the collective runs on)."""
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for grad in grads:
+        total += torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).to(total.device) ** 2
+    if sharded_over is not None:
+        torch.distributed.all_reduce(total, group=sharded_over)
+    return total.sqrt()
+
+
+def clip_grad_norm_global(grads: list[torch.Tensor], max_norm: float, sharded_over=None, device=None) -> torch.Tensor:
+    """Scale the gradients so that their global norm is at most `max_norm` (as torch's clip_grad_norm_, whose
+    norm is local: wrong for shards); returns the norm before clipping."""
+    norm = global_grad_norm(grads, sharded_over, device)
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.detach().mul_(scale.to(grad.device))
+    return norm
