@@ -16,6 +16,10 @@ from pathlib import Path
 import braceexpand
 
 
+class ShardSourceError(ValueError):
+    """A shard source cannot be resolved (missing path, unreadable manifest, no sample counts)."""
+
+
 @dataclass
 class ShardSource:
     """One set of shards in the training mixture."""
@@ -65,9 +69,11 @@ def resolve_source(source: ShardSource) -> ResolvedSource:
     """Turn a source spec into shard URLs with sample counts; fails early on anything missing."""
     items = expand_urls(source.urls)
     if not items:
-        raise ValueError(f"shard source {source.urls!r} names no shards")
+        raise ShardSourceError(f"shard source {source.urls!r} names no shards")
     shards: list[Shard] = []
     for item in items:
+        if _is_local(item) and not Path(item).exists():  # a typo, not a remote URL lacking a manifest
+            raise ShardSourceError(f"{item} does not exist (shard source {source.name or source.urls!r})")
         if _is_local(item) and Path(item).is_dir():
             shards += _shards_from_directory(Path(item))
             continue
@@ -88,7 +94,7 @@ def _shards_from_directory(directory: Path) -> list[Shard]:
             return [Shard(str(directory / name), count) for name, count in sorted(sizes.items())]
     tars = sorted(directory.glob("*.tar"))
     if not tars:
-        raise FileNotFoundError(f"{directory} has no manifest.json, sizes.json or *.tar shards")
+        raise ShardSourceError(f"{directory} has no manifest.json, sizes.json or *.tar shards")
     return [Shard(str(tar), count_tar_samples(str(tar))) for tar in tars]
 
 
@@ -97,23 +103,23 @@ def _load_sizes(path: str) -> dict[str, int]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read shard sizes from {path}: {error}") from error
+        raise ShardSourceError(f"cannot read shard sizes from {path}: {error}") from error
     if isinstance(data, dict) and isinstance(data.get("shards"), list):
         return {str(s["name"]): int(s["num_samples"]) for s in data["shards"]}
     if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
         return {str(k): int(v) for k, v in data.items()}
-    raise ValueError(f"{path} is neither a manifest.json (with `shards`) nor a sizes.json ({{name: count}})")
+    raise ShardSourceError(f"{path} is neither a manifest.json (with `shards`) nor a sizes.json ({{name: count}})")
 
 
 def _count_for(url: str, sizes: dict[str, int] | None) -> int:
     if sizes is not None:
         name = os.path.basename(_tar_name_in(url))
         if name not in sizes:
-            raise KeyError(f"shard {name!r} (from {url!r}) is missing from the manifest; it lists {len(sizes)} shards")
+            raise ShardSourceError(f"shard {name!r} (from {url!r}) is missing from the manifest; it lists {len(sizes)} shards")
         return sizes[name]
     if _is_local(url) and Path(url).is_file():
         return count_tar_samples(url)
-    raise ValueError(
+    raise ShardSourceError(
         f"no sample count for {url!r}: give the source a `manifest` (manifest.json or sizes.json) for exact epochs"
     )
 
@@ -124,7 +130,7 @@ def _tar_name_in(url: str) -> str:
         return url
     words = [word for word in url[len("pipe:"):].split() if ".tar" in word]
     if not words:
-        raise ValueError(f"cannot tell which shard {url!r} reads (no word with .tar); name it in the command")
+        raise ShardSourceError(f"cannot tell which shard {url!r} reads (no word with .tar); name it in the command")
     return words[-1]
 
 
