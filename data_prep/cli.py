@@ -35,6 +35,13 @@ def _add_shard_options(parser: argparse.ArgumentParser, samples_per_shard: int =
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_image_root(parser: argparse.ArgumentParser, **options) -> None:
+    parser.add_argument("--image-root", **options)
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read image paths that resolve outside --image-root (.., absolute paths, symlinks); "
+                             "by default such records are rejected as image_outside_root")  # fmt: skip
+
+
 def _convert_options(args: argparse.Namespace, out_dir: str | None = None) -> ConvertOptions:
     return ConvertOptions(
         out_dir=out_dir or args.out, seed=args.seed, samples_per_shard=args.samples_per_shard,
@@ -51,8 +58,10 @@ def cmd_llava(args: argparse.Namespace) -> None:
     from data_prep.llava import load_llava
 
     source = args.source or Path(args.annotations).stem
-    samples, rejections, total = load_llava(args.annotations, args.image_root, source, args.source_by_image_dir)
-    info = {"annotations": str(args.annotations), "image_root": str(args.image_root)}
+    samples, rejections, total = load_llava(args.annotations, args.image_root, source, args.source_by_image_dir,
+                                            allow_outside_root=args.allow_outside_root)  # fmt: skip
+    info = {"annotations": str(args.annotations), "image_root": str(args.image_root),
+            "allow_outside_root": args.allow_outside_root}  # fmt: skip
     _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=source, input_info=info))
 
 
@@ -62,10 +71,11 @@ def cmd_vqa(args: argparse.Namespace) -> None:
     pool = load_prompt_pool(args.prompt_pool) if args.prompt_pool else [args.prompt_suffix]
     samples, rejections, total = load_vqa(
         args.questions, args.annotations, args.image_root, source=args.source, image_pattern=args.image_pattern,
-        prompt_pool=pool, group_by_image=args.group_by_image, seed=args.seed,
+        prompt_pool=pool, group_by_image=args.group_by_image, seed=args.seed, allow_outside_root=args.allow_outside_root,
     )  # fmt: skip
     info = {"questions": str(args.questions), "annotations": str(args.annotations), "image_root": str(args.image_root),
-            "prompt_pool": pool, "group_by_image": args.group_by_image, "default_suffix": SHORT_ANSWER_SUFFIX}  # fmt: skip
+            "allow_outside_root": args.allow_outside_root, "prompt_pool": pool, "group_by_image": args.group_by_image,
+            "default_suffix": SHORT_ANSWER_SUFFIX}  # fmt: skip
     _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=args.source, input_info=info))
 
 
@@ -114,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     llava = commands.add_parser("llava", help="LLaVA JSON/JSONL annotations + image folder -> shards")
     llava.add_argument("--annotations", required=True, help="LLaVA .json (list) or .jsonl file")
-    llava.add_argument("--image-root", default=".", help="folder the records' image paths are relative to")
+    _add_image_root(llava, default=".", help="folder the records' image paths are relative to (and must stay in)")
     llava.add_argument("--source", default=None, help="dataset name stored with each sample (default: file stem)")
     llava.add_argument("--source-by-image-dir", action="store_true",
                        help="source = SOURCE/<first folder of the image path> (SOURCE/text for text-only), for mixtures")
@@ -124,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa = commands.add_parser("vqa", help="VQAv2-layout questions + annotations -> instruction shards")
     vqa.add_argument("--questions", required=True)
     vqa.add_argument("--annotations", required=True)
-    vqa.add_argument("--image-root", required=True)
+    _add_image_root(vqa, required=True, help="folder of the images (they must stay in it)")
     vqa.add_argument("--image-pattern", default="COCO_{data_subtype}_{image_id:012d}.jpg",
                      help="image file name; fields {image_id} and {data_subtype} (from the questions file)")
     suffix = vqa.add_mutually_exclusive_group()

@@ -1,6 +1,7 @@
 """The one conversion path every `mm-prep` command uses: samples -> shuffled, planned, resumable shards.
 
-1. image files are stat'ed (missing ones rejected; sizes feed `--max-shard-bytes`);
+1. image files are stat'ed (missing ones rejected; sizes feed `--max-shard-bytes`), and duplicate
+   ids settled: the first copy that passes every check is kept;
 2. samples are shuffled with the seed and cut into shards; the plan depends only on the input and
    the options, so a rerun recomputes the same shards and skips those already complete;
 3. shards are written by `--workers` processes (one shard per task);
@@ -18,6 +19,7 @@ import random
 import shutil
 import sys
 import tarfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -29,10 +31,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mm.atomic import write_json_atomic, write_jsonl_atomic
+from mm.atomic import write_json_atomic, write_text_atomic
 from data_prep.images import CHECK_MODES
-from data_prep.records import MISSING_IMAGE, Rejection, Sample
-from data_prep.shards import PROGRESS_DIR, TAR_BLOCK, ShardResult, ShardTask, load_completed, write_shard
+from data_prep.records import MISSING_IMAGE, IdRegistry, RecordError, Rejection, Sample, id_text
+from data_prep.shards import PROGRESS_DIR, TAR_BLOCK, ShardResult, ShardTask, load_completed, load_image, write_shard
 
 FORMAT = "mm-shards/1"
 PLAN_FILE = "plan.json"
@@ -100,6 +102,25 @@ def _stat_images(samples: list[Sample], progress: bool) -> tuple[list[Sample], l
         kept.append(sample)
         image_bytes[sample.index] = total
     return kept, rejected, image_bytes
+
+
+def _claim_ids(samples: list[Sample], options: ConvertOptions) -> tuple[list[Sample], list[Rejection]]:
+    """Give each sample its key, in input order; of samples sharing an id, the first whose images
+    pass the check is kept (their images are checked here, so a bad first copy cannot take a good
+    later one down with it) and the others are rejected as duplicates."""
+    copies = Counter(id_text(sample.id) for sample in samples)
+    registry, kept, rejected = IdRegistry(), [], []
+    for sample in samples:
+        try:
+            if copies[id_text(sample.id)] > 1 and sample.id not in registry:
+                for ref in sample.images:
+                    load_image(ref, options.check, options.max_image_side)
+            sample.key = registry.claim(sample.id)
+        except RecordError as bad:
+            rejected += sample.reject(bad.reason, bad.detail)
+            continue
+        kept.append(sample)
+    return kept, rejected
 
 
 _TAR_END = 2 * TAR_BLOCK + tarfile.RECORDSIZE  # end-of-archive blocks + the most padding tarfile adds
@@ -178,9 +199,13 @@ def _run_tasks(tasks: list[ShardTask], workers: int, bar: tqdm) -> list[ShardRes
     else:
         context = multiprocessing.get_context("spawn")
     queue = context.Queue()
+    # Workers wait on the reading end; only this process holds the writing end, so they see EOF
+    # and exit when it dies, even by SIGKILL (they are the forkserver's children, not ours).
+    parent_alive, parent_handle = context.Pipe(duplex=False)
     # An executor, not multiprocessing.Pool: a worker killed from outside (e.g. out of memory)
     # fails its futures instead of leaving the run waiting forever.
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_init_worker, initargs=(queue,)) as pool:
+    with parent_alive, parent_handle, ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context,
+                                                          initializer=_init_worker, initargs=(queue, parent_alive)) as pool:
         futures = [pool.submit(_worker_write_shard, task) for task in tasks]
         while not all(future.done() for future in futures):
             _drain(queue, bar, timeout=0.1)
@@ -195,9 +220,16 @@ def _run_tasks(tasks: list[ShardTask], workers: int, bar: tqdm) -> list[ShardRes
 _progress_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent_alive) -> None:
     global _progress_queue
     _progress_queue = queue
+    threading.Thread(target=_exit_with_parent, args=(parent_alive,), daemon=True).start()
+
+
+def _exit_with_parent(parent_alive) -> None:
+    """Returns only at EOF (the parent never writes): the parent is gone, so stop writing shards."""
+    parent_alive.poll(None)
+    os._exit(1)
 
 
 def _worker_write_shard(task: ShardTask) -> ShardResult:
@@ -232,6 +264,7 @@ def convert(samples: list[Sample], rejections: list[Rejection], options: Convert
     start = time.perf_counter()
     out_dir = Path(options.out_dir)
     samples, missing, image_bytes = _stat_images(samples, options.progress)
+    samples, duplicates = _claim_ids(samples, options)
     shards = plan_shards(samples, image_bytes, options)
     names = [f"shard-{i:06d}.tar" for i in range(len(shards))]
     fingerprints = [_fingerprint(shard, image_bytes, options) for shard in shards]
@@ -249,10 +282,11 @@ def convert(samples: list[Sample], rejections: list[Rejection], options: Convert
     for stale in out_dir.glob("shard-*.tar.tmp"):
         stale.unlink()
     results = [done[name] for name in names]
-    rejected = sorted([r.to_json() for r in (*rejections, *missing)] + [r for res in results for r in res.rejected],
+    rejected = sorted([r.to_json() for r in (*rejections, *missing, *duplicates)] + [r for res in results for r in res.rejected],
                       key=lambda row: row["index"])  # fmt: skip
     manifest = _manifest(results, rejected, options, num_input_records, source, input_info or {})
-    write_jsonl_atomic(out_dir / "rejected.jsonl", rejected)
+    # ASCII-escaped JSON: a rejected record's text may not be encodable as UTF-8 (lone surrogates).
+    write_text_atomic(out_dir / "rejected.jsonl", "".join(json.dumps(row) + "\n" for row in rejected))
     write_json_atomic(out_dir / "sizes.json", {r.name: r.num_samples for r in results})
     write_json_atomic(out_dir / "manifest.json", manifest)
     return ConvertResult(manifest, len(todo), len(tasks) - len(todo), time.perf_counter() - start, rejected)

@@ -7,39 +7,47 @@ fields other than these are kept in `meta.record_extra` so nothing is lost.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from data_prep.records import MALFORMED_RECORD, IdRegistry, ImageRef, RecordError, Rejection, Sample, check_conversation
+from data_prep.records import (
+    BAD_TEXT, MALFORMED_RECORD, ImageRef, RecordError, Rejection, Sample, check_conversation, check_text, image_path,
+)  # fmt: skip
 
 _KNOWN_FIELDS = ("id", "image", "conversations")
 
 
-def iter_annotations(path: str | Path) -> Iterator[tuple[Any, str | None]]:
-    """Yield `(record, error)` in file order: a JSON list, or JSON lines (`.jsonl`).
+def iter_annotations(path: str | Path) -> Iterator[tuple[Any, str, RecordError | None]]:
+    """Yield `(record, where, error)` in file order from a JSON list, or JSON lines (`.jsonl`).
 
-    A JSONL line that is not JSON yields `(raw line, error message)`; blank lines are not records.
+    `where` names the record ("line 7", "record 6"). A JSONL line that is not UTF-8 or not JSON
+    yields its raw text (undecodable bytes as `\\x..`) and the error; blank lines are not records.
     """
     path = Path(path)
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as file:
-            for number, line in enumerate(file, 1):
-                if not line.strip():
+        with open(path, "rb") as file:
+            for number, raw in enumerate(file, 1):
+                raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw  # a UTF-8 byte-order mark
+                if not raw.strip():
                     continue
+                where, text = f"line {number}", raw.decode("utf-8", "backslashreplace").rstrip("\r\n")
                 try:
-                    yield json.loads(line), None
-                except json.JSONDecodeError as error:
-                    yield line.rstrip("\n"), f"line {number} is not JSON: {error}"
+                    record, error = json.loads(raw.decode("utf-8")), None
+                except UnicodeDecodeError as bad:
+                    record, error = text, RecordError(BAD_TEXT, f"{where} is not UTF-8 ({bad.reason} at byte {bad.start})")
+                except json.JSONDecodeError as bad:
+                    record, error = text, RecordError(MALFORMED_RECORD, f"{where} is not JSON: {bad}")
+                yield record, where, error
         return
-    with open(path, encoding="utf-8-sig") as file:
-        try:
-            data = json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}); a JSON-lines file must be named *.jsonl") from None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 at byte {error.start} ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); a JSON-lines file must be named *.jsonl") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(data).__name__}")
-    yield from ((record, None) for record in data)
+    yield from ((record, f"record {index}", None) for index, record in enumerate(data))
 
 
 def _image_paths(record: dict) -> list[str]:
@@ -61,8 +69,10 @@ def source_by_image_dir(source: str, image_paths: list[str]) -> str:
     return f"{source}/{parts[0] if len(parts) > 1 else '.'}"
 
 
-def parse_record(record: Any, index: int, image_root: str | Path, source: str, by_image_dir: bool = False) -> Sample:
+def parse_record(record: Any, index: int, image_root: str | Path, source: str, by_image_dir: bool = False,
+                 allow_outside_root: bool = False, where: str = "record") -> Sample:  # fmt: skip
     """Validate one LLaVA record's structure; raise `RecordError` for a bad one."""
+    check_text(record, where)
     if not isinstance(record, dict):
         raise RecordError(MALFORMED_RECORD, f"record is a {type(record).__name__}, not an object")
     if "conversations" not in record:
@@ -71,7 +81,7 @@ def parse_record(record: Any, index: int, image_root: str | Path, source: str, b
         raise RecordError(MALFORMED_RECORD, "record has no string or integer 'id'")
     paths = _image_paths(record)
     check_conversation(record["conversations"], len(paths))
-    images = [ImageRef(name=p, path=os.path.join(image_root, p)) for p in paths]
+    images = [ImageRef(name=p, path=image_path(str(image_root), p, allow_outside_root)) for p in paths]
     meta: dict[str, Any] = {"index": index, "image_paths": paths}
     extra = {k: v for k, v in record.items() if k not in _KNOWN_FIELDS}
     if extra:
@@ -80,20 +90,20 @@ def parse_record(record: Any, index: int, image_root: str | Path, source: str, b
     return Sample(index, record["id"], source, record["conversations"], images, meta, original=record)
 
 
-def load_llava(annotations: str | Path, image_root: str | Path, source: str,
-               by_image_dir: bool = False) -> tuple[list[Sample], list[Rejection], int]:  # fmt: skip
-    """All records of an annotation file -> (samples, rejections, number of input records)."""
-    samples, rejections, registry = [], [], IdRegistry()
+def load_llava(annotations: str | Path, image_root: str | Path, source: str, by_image_dir: bool = False, *,
+               allow_outside_root: bool = False) -> tuple[list[Sample], list[Rejection], int]:  # fmt: skip
+    """All records of an annotation file -> (samples, rejections, number of input records).
+
+    Duplicate ids are left to `convert`, which keeps the first copy that passes every check.
+    """
+    samples, rejections = [], []
     index = -1
-    for index, (record, error) in enumerate(iter_annotations(annotations)):
-        record_id = record.get("id") if isinstance(record, dict) else None
+    for index, (record, where, error) in enumerate(iter_annotations(annotations)):
         try:
             if error is not None:
-                raise RecordError(MALFORMED_RECORD, error)
-            sample = parse_record(record, index, image_root, source, by_image_dir)
-            sample.key = registry.claim(sample.id)
+                raise error
+            samples.append(parse_record(record, index, image_root, source, by_image_dir, allow_outside_root, where))
         except RecordError as bad:
+            record_id = record.get("id") if isinstance(record, dict) else None
             rejections.append(Rejection(index, record_id, bad.reason, bad.detail, record))
-            continue
-        samples.append(sample)
     return samples, rejections, index + 1

@@ -1,37 +1,38 @@
 """What every converter produces: validated samples or rejections with a reason.
 
-A converter (llava, vqa, synth) turns input records into `Sample`s; `check_conversation` and
-`IdRegistry` apply the same rules to all of them, so every record ends either in a shard or in
-`rejected.jsonl`.
+A converter (llava, vqa, synth) turns input records into `Sample`s; `check_conversation` (mm.chat's
+rules, so training accepts exactly what is written), `check_text`, `image_path` and `IdRegistry`
+apply the same rules to all of them, so every record ends either in a shard or in `rejected.jsonl`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGE_TOKEN = "<image>"
+from mm import chat
+from mm.chat import (
+    EMPTY_CONVERSATION, EMPTY_MESSAGE, IMAGE_COUNT_MISMATCH, IMAGE_TOKEN, MALFORMED_RECORD, NON_ALTERNATING_ROLES,
+    UNKNOWN_ROLE,
+)  # fmt: skip
+
 # LLaVA-1.5's answer-format prompts; training data and evaluation prompts must use the same text.
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
-ROLES = ("human", "gpt")
-SYSTEM_ROLE = "system"
 
-# Rejection reasons: the exact strings written to rejected.jsonl (documented in README.md).
-MALFORMED_RECORD = "malformed_record"
-EMPTY_CONVERSATION = "empty_conversation"
-UNKNOWN_ROLE = "unknown_role"
-NON_ALTERNATING_ROLES = "non_alternating_roles"
-EMPTY_MESSAGE = "empty_message"
-IMAGE_COUNT_MISMATCH = "image_count_mismatch"
+# Rejection reasons: the exact strings written to rejected.jsonl (documented in README.md); the
+# conversation reasons are mm.chat's.
+BAD_TEXT = "bad_text"
+IMAGE_OUTSIDE_ROOT = "image_outside_root"
 DUPLICATE_ID = "duplicate_id"
 MISSING_IMAGE = "missing_image"
 UNDECODABLE_IMAGE = "undecodable_image"
 NO_ANSWER = "no_answer"
 REASONS = (
-    MALFORMED_RECORD, EMPTY_CONVERSATION, UNKNOWN_ROLE, NON_ALTERNATING_ROLES, EMPTY_MESSAGE,
-    IMAGE_COUNT_MISMATCH, DUPLICATE_ID, MISSING_IMAGE, UNDECODABLE_IMAGE, NO_ANSWER,
+    MALFORMED_RECORD, BAD_TEXT, EMPTY_CONVERSATION, UNKNOWN_ROLE, NON_ALTERNATING_ROLES, EMPTY_MESSAGE,
+    IMAGE_COUNT_MISMATCH, IMAGE_OUTSIDE_ROOT, DUPLICATE_ID, MISSING_IMAGE, UNDECODABLE_IMAGE, NO_ANSWER,
 )  # fmt: skip
 
 
@@ -64,7 +65,7 @@ class Sample:
     meta: dict = field(default_factory=dict)
     """Anything else worth keeping (scene graph, original fields)."""
     key: str = ""
-    """The sample's unique webdataset key, assigned by `IdRegistry`."""
+    """The sample's unique webdataset key, assigned by `IdRegistry` when `convert` settles duplicate ids."""
     covers: list[tuple[int, Any]] = field(default_factory=list)
     """(index, id) of the input records this sample carries when it merges several (VQA grouping)."""
     original: Any = None
@@ -102,35 +103,46 @@ class RecordError(ValueError):
 
 
 def check_conversation(conversations: Any, num_images: int) -> None:
-    """Raise `RecordError` unless the conversation is well formed for `num_images` images.
+    """Raise `RecordError` unless the conversation keeps mm.chat's contract for `num_images` images."""
+    try:
+        chat.check_conversation(conversations, num_images)
+    except chat.ConversationError as error:
+        raise RecordError(error.reason, error.detail) from None
 
-    Roles alternate human, gpt, human, gpt, ... after an optional leading system message; the
-    conversation ends with gpt; `<image>` appears only in human turns, once per image.
-    """
-    if not isinstance(conversations, list):
-        raise RecordError(MALFORMED_RECORD, "'conversations' is not a list")
-    if not conversations:
-        raise RecordError(EMPTY_CONVERSATION, "'conversations' is empty")
-    for turn, message in enumerate(conversations):
-        if not isinstance(message, dict) or not isinstance(message.get("value"), str) or "from" not in message:
-            raise RecordError(MALFORMED_RECORD, f"message {turn} is not {{'from': str, 'value': str}}")
-        if message["from"] not in (*ROLES, SYSTEM_ROLE):
-            raise RecordError(UNKNOWN_ROLE, f"message {turn} has role {message['from']!r}")
-        if not message["value"].strip():
-            raise RecordError(EMPTY_MESSAGE, f"message {turn} ({message['from']}) is empty")
-    dialogue = conversations[1:] if conversations[0]["from"] == SYSTEM_ROLE else conversations
-    roles = [message["from"] for message in dialogue]
-    expected = [ROLES[turn % 2] for turn in range(len(roles))]
-    if not roles or roles != expected or len(roles) % 2:
-        raise RecordError(NON_ALTERNATING_ROLES, f"roles {roles} are not human, gpt, ... ending with gpt")
-    placeholders = sum(message["value"].count(IMAGE_TOKEN) for message in dialogue)
-    if any(IMAGE_TOKEN in message["value"] for message in conversations if message["from"] != "human"):
-        raise RecordError(IMAGE_COUNT_MISMATCH, f"{IMAGE_TOKEN} outside a human turn")
-    if placeholders != num_images:
-        raise RecordError(IMAGE_COUNT_MISMATCH, f"{placeholders} {IMAGE_TOKEN} placeholders for {num_images} images")
+
+def check_text(value: Any, where: str = "record") -> None:
+    """Raise `RecordError(BAD_TEXT)` if a string in `value` (keys included) cannot be written as
+    UTF-8: a lone surrogate, which JSON's `\\ud800` escapes produce."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RecordError(BAD_TEXT, f"{where} is not valid text ({error.reason} {value[error.start]!r})") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"{where} key {key!r}")
+            check_text(item, f"{where}[{key!r}]")
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            check_text(item, f"{where}[{position}]")
+
+
+def image_path(image_root: str, name: str, allow_outside_root: bool = False) -> str:
+    """The file of image `name` under `image_root`; `RecordError(IMAGE_OUTSIDE_ROOT)` if it resolves
+    (through `..`, an absolute path or symlinks) outside the root, unless that is allowed."""
+    path = os.path.join(image_root, name)
+    root = os.path.realpath(image_root)
+    if not allow_outside_root and os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise RecordError(IMAGE_OUTSIDE_ROOT, f"image {name!r} resolves outside --image-root (--allow-outside-root permits it)")
+    return path
 
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def id_text(record_id: Any) -> str:
+    """What makes two ids equal: `7` and `"7"` are different ids."""
+    return f"{type(record_id).__name__}:{record_id}"
 
 
 class IdRegistry:
@@ -140,12 +152,14 @@ class IdRegistry:
         self._ids: set[str] = set()
         self._keys: set[str] = set()
 
+    def __contains__(self, record_id: Any) -> bool:
+        return id_text(record_id) in self._ids
+
     def claim(self, record_id: Any) -> str:
         """Register `record_id`; return its key or raise `RecordError(DUPLICATE_ID)`."""
-        id_text = f"{type(record_id).__name__}:{record_id}"
-        if id_text in self._ids:
+        if record_id in self:
             raise RecordError(DUPLICATE_ID, f"id {record_id!r} appeared earlier in the input")
-        self._ids.add(id_text)
+        self._ids.add(id_text(record_id))
         base = _KEY_UNSAFE.sub("_", str(record_id))[:80].strip("_") or "sample"
         key, suffix = base, 1
         while key in self._keys:  # ids differing only in unsafe characters ("a.b", "a_b")

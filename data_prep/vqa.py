@@ -9,7 +9,6 @@ whitespace and lower-casing); a tie goes to the tied answer given first in the a
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from data_prep.records import (
     DUPLICATE_ID, EMPTY_MESSAGE, IMAGE_TOKEN, MALFORMED_RECORD, NO_ANSWER, SHORT_ANSWER_SUFFIX,
-    IdRegistry, ImageRef, RecordError, Rejection, Sample, check_conversation,
+    ImageRef, RecordError, Rejection, Sample, check_conversation, check_text, image_path,
 )  # fmt: skip
 
 DEFAULT_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
@@ -60,26 +59,32 @@ def _question_turn(question: dict, suffix: str, first: bool) -> dict:
     return {"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if first else text}
 
 
-def _image_ref(image_id: int, pattern: str, image_root: str, data_subtype: str | None) -> ImageRef:
+def _image_name(image_id: int, pattern: str, data_subtype: str | None) -> str:
     try:
         name = pattern.format(image_id=image_id, data_subtype=data_subtype)
     except (KeyError, ValueError, IndexError) as error:
         raise ValueError(f"--image-pattern {pattern!r} cannot be formatted: {error}") from None
     if "{data_subtype}" in pattern and data_subtype is None:
         raise ValueError("the questions file has no 'data_subtype'; pass --image-pattern without {data_subtype}")
-    return ImageRef(name=name, path=os.path.join(image_root, name))
+    return name
 
 
 def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_root: str | Path, *, source: str = "vqav2",
              image_pattern: str = DEFAULT_IMAGE_PATTERN, prompt_pool: list[str] | None = None,
-             group_by_image: bool = False, seed: int = 0) -> tuple[list[Sample], list[Rejection], int]:  # fmt: skip
-    """Questions + annotations -> (samples, rejections, number of input questions)."""
+             group_by_image: bool = False, seed: int = 0,
+             allow_outside_root: bool = False) -> tuple[list[Sample], list[Rejection], int]:  # fmt: skip
+    """Questions + annotations -> (samples, rejections, number of input questions).
+
+    Duplicate question_ids: without grouping the sample id is the question_id and `convert` keeps
+    the first copy that passes every check (its image included); grouped, the first valid question
+    keeps it.
+    """
     questions_file, questions = _load_json(questions_path, "questions")
     _, annotations = _load_json(annotations_path, "annotations")
     data_subtype = questions_file.get("data_subtype")
     by_question = {a.get("question_id"): a for a in annotations if isinstance(a, dict)}
     pool = prompt_pool if prompt_pool is not None else [SHORT_ANSWER_SUFFIX]
-    rejections, valid, seen = [], [], set()
+    rejections, valid, seen = [], [], set() if group_by_image else None
     for index, question in enumerate(questions):
         try:
             valid.append(_parse_question(question, index, by_question, seen))
@@ -87,28 +92,28 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
             qid = question.get("question_id") if isinstance(question, dict) else None
             rejections.append(Rejection(index, qid, bad.reason, bad.detail, question))
     groups = _group(valid, group_by_image)
-    samples, registry = [], IdRegistry()
+    samples = []
     for group in groups:
         first = group[0]
         suffixes = [random.Random(f"{seed}:{item['question']['question_id']}").choice(pool) for item in group]
         conversations = []
         for position, (item, suffix) in enumerate(zip(group, suffixes)):
             conversations += [_question_turn(item["question"], suffix, position == 0), {"from": "gpt", "value": item["answer"]}]
-        image = _image_ref(first["question"]["image_id"], image_pattern, str(image_root), data_subtype)
+        name = _image_name(first["question"]["image_id"], image_pattern, data_subtype)
         sample_id = f"image-{first['question']['image_id']}" if group_by_image else first["question"]["question_id"]
         meta = {
             "index": first["index"],
             "image_id": first["question"]["image_id"],
-            "image_paths": [image.name],
+            "image_paths": [name],
             "question_ids": [item["question"]["question_id"] for item in group],
             "answer_counts": [item["counts"] for item in group],
         }
         covers = [(item["index"], item["question"]["question_id"]) for item in group]
         original = None if group_by_image else first["question"]
-        sample = Sample(first["index"], sample_id, source, conversations, [image], meta, covers=covers, original=original)
+        sample = Sample(first["index"], sample_id, source, conversations, [], meta, covers=covers, original=original)
         try:
             check_conversation(conversations, 1)
-            sample.key = registry.claim(sample_id)
+            sample.images = [ImageRef(name=name, path=image_path(str(image_root), name, allow_outside_root))]
         except RecordError as bad:
             rejections += sample.reject(bad.reason, bad.detail)
             continue
@@ -116,20 +121,24 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
     return samples, rejections, len(questions)
 
 
-def _parse_question(question: Any, index: int, by_question: dict, seen: set[int]) -> dict:
+def _parse_question(question: Any, index: int, by_question: dict, seen: set[int] | None) -> dict:
+    """A valid question with its target; only a valid question takes its question_id."""
+    check_text(question, "question")
     if not isinstance(question, dict) or not isinstance(question.get("question"), str):
         raise RecordError(MALFORMED_RECORD, "question is not an object with a 'question' string")
     if not isinstance(question.get("question_id"), int) or not isinstance(question.get("image_id"), int):
         raise RecordError(MALFORMED_RECORD, "question needs integer 'question_id' and 'image_id'")
     if not question["question"].strip():
         raise RecordError(EMPTY_MESSAGE, f"question {question['question_id']} is empty")
-    if question["question_id"] in seen:
-        raise RecordError(DUPLICATE_ID, f"question_id {question['question_id']} appeared earlier")
-    seen.add(question["question_id"])
     annotation = by_question.get(question["question_id"])
     if annotation is None:
         raise RecordError(NO_ANSWER, f"no annotation for question_id {question['question_id']}")
+    check_text(annotation.get("answers"), f"annotation of question_id {question['question_id']}: answers")
     answer, counts = most_frequent_answer(annotation.get("answers") or [])
+    if seen is not None:
+        if question["question_id"] in seen:
+            raise RecordError(DUPLICATE_ID, f"question_id {question['question_id']} appeared earlier")
+        seen.add(question["question_id"])
     return {"index": index, "question": question, "answer": answer, "counts": counts}
 
 

@@ -18,14 +18,28 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-HUMAN_ROLES = {"human", "user"}
-ASSISTANT_ROLES = {"gpt", "assistant"}
+IMAGE_TOKEN = "<image>"
+HUMAN, GPT, SYSTEM = "human", "gpt", "system"
 # End-of-turn tokens of the common chat templates; generation stops at any the tokenizer knows.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
+# Why a conversation breaks the contract: `ConversationError.reason`, also mm-prep's rejection reasons.
+MALFORMED_RECORD = "malformed_record"
+EMPTY_CONVERSATION = "empty_conversation"
+UNKNOWN_ROLE = "unknown_role"
+NON_ALTERNATING_ROLES = "non_alternating_roles"
+EMPTY_MESSAGE = "empty_message"
+IMAGE_COUNT_MISMATCH = "image_count_mismatch"
+TEMPLATE_ERROR = "template_error"  # not the conversation's fault: the tokenizer's template cannot render it
+
 
 class ConversationError(ValueError):
-    """The conversation cannot be rendered (bad roles, order, or empty)."""
+    """The conversation cannot be rendered; ``reason`` says why (one of the reason constants above)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class SampleTooLong(ValueError):
@@ -41,7 +55,7 @@ class EncodedConversation:
 
 @dataclass
 class Turn:
-    role: str  # "system", "user" or "assistant"
+    role: str  # "system", "user" or "assistant" (the names Jinja chat templates use)
     text: str
 
 
@@ -49,32 +63,46 @@ class Turn:
 Piece = tuple[str, bool]
 
 
-def to_turns(conversation: Sequence[dict]) -> list[Turn]:
-    """LLaVA ``{from, value}`` records -> validated turns (optional system, then user/assistant pairs)."""
-    turns: list[Turn] = []
-    for index, message in enumerate(conversation):
-        if not isinstance(message, dict):
-            raise ConversationError(f"turn {index} is not a dict: {message!r}")
-        role = str(message.get("from", message.get("role", ""))).lower()
-        text = message.get("value", message.get("content"))
-        if not isinstance(text, str):
-            raise ConversationError(f"turn {index} has no text value")
-        if role == "system" and index == 0:
-            turns.append(Turn("system", text))
-            continue
-        if role in HUMAN_ROLES:
-            role = "user"
-        elif role in ASSISTANT_ROLES:
-            role = "assistant"
-        else:
-            raise ConversationError(f"turn {index} has unknown role {role!r}")
-        expected = "user" if len([t for t in turns if t.role != "system"]) % 2 == 0 else "assistant"
-        if role != expected:
-            raise ConversationError(f"turn {index} is {role!r}, expected {expected!r} (turns must alternate)")
-        turns.append(Turn(role, text))
-    if not any(t.role == "user" for t in turns):
-        raise ConversationError("conversation has no user turn")
-    return turns
+def check_conversation(conversation: object, num_images: int | None = None, *, image_token: str = IMAGE_TOKEN,
+                       prompt: bool = False) -> None:  # fmt: skip
+    """Raise ``ConversationError`` unless ``conversation`` keeps the contract (ARCHITECTURE.md).
+
+    The one rule set for mm-prep (which rejects such records) and the encoders: a list of
+    ``{"from": "human"|"gpt"|"system", "value": non-empty str}``; after an optional leading system
+    message, roles alternate human, gpt, ... and end with gpt (with human for a ``prompt``);
+    ``image_token`` appears only in human turns, ``num_images`` times when that is given.
+    """
+    if not isinstance(conversation, list):
+        raise ConversationError(MALFORMED_RECORD, "'conversations' is not a list")
+    if not conversation:
+        raise ConversationError(EMPTY_CONVERSATION, "'conversations' is empty")
+    for turn, message in enumerate(conversation):
+        if not isinstance(message, dict) or not isinstance(message.get("value"), str) or "from" not in message:
+            raise ConversationError(MALFORMED_RECORD, f"message {turn} is not {{'from': str, 'value': str}}")
+        if message["from"] not in (HUMAN, GPT, SYSTEM):
+            raise ConversationError(UNKNOWN_ROLE, f"message {turn} has role {message['from']!r}")
+        if not message["value"].strip():
+            raise ConversationError(EMPTY_MESSAGE, f"message {turn} ({message['from']}) is empty")
+    dialogue = conversation[1:] if conversation[0]["from"] == SYSTEM else conversation
+    roles = [message["from"] for message in dialogue]
+    last = HUMAN if prompt else GPT
+    if not roles or roles != [(HUMAN, GPT)[turn % 2] for turn in range(len(roles))] or roles[-1] != last:
+        raise ConversationError(NON_ALTERNATING_ROLES, f"roles {roles} are not human, gpt, ... ending with {last}")
+    if any(image_token in message["value"] for message in conversation if message["from"] != HUMAN):
+        raise ConversationError(IMAGE_COUNT_MISMATCH, f"{image_token} outside a human turn")
+    placeholders = sum(message["value"].count(image_token) for message in dialogue)
+    if num_images is not None and placeholders != num_images:
+        raise ConversationError(IMAGE_COUNT_MISMATCH, f"{placeholders} {image_token} placeholders for {num_images} images")
+
+
+_TURN_ROLES = {SYSTEM: "system", HUMAN: "user", GPT: "assistant"}
+
+
+def to_turns(conversation: Sequence[dict], num_images: int | None = None, *, image_token: str = IMAGE_TOKEN,
+             prompt: bool = False) -> list[Turn]:  # fmt: skip
+    """A checked LLaVA conversation (see ``check_conversation``) -> turns with the template role names."""
+    check_conversation(conversation, num_images, image_token=image_token, prompt=prompt)
+    return [Turn(_TURN_ROLES[message["from"]], message["value"]) for message in conversation]
 
 
 class ChatTemplate:
@@ -136,7 +164,7 @@ class TokenizerChatTemplate(ChatTemplate):
 
     def render(self, turns, tokenizer, generation):
         if not getattr(tokenizer, "chat_template", None):
-            raise ConversationError("template 'chat_template' needs a tokenizer with a chat_template")
+            raise ConversationError(TEMPLATE_ERROR, "template 'chat_template' needs a tokenizer with a chat_template")
         messages = [{"role": t.role, "content": t.text} for t in turns]
 
         def text_of(count: int, prompt: bool) -> str:
@@ -149,14 +177,14 @@ class TokenizerChatTemplate(ChatTemplate):
                 continue
             opened, closed = text_of(index, True), text_of(index + 1, False)
             if not (opened.startswith(done) and closed.startswith(opened)):
-                raise ConversationError("the tokenizer's chat template is not prefix-stable across turns")
+                raise ConversationError(TEMPLATE_ERROR, "the tokenizer's chat template is not prefix-stable across turns")
             answer = closed[len(opened):]
             trained = answer.rstrip()
             pieces += [(opened[len(done):], False), (trained, True), (answer[len(trained):], False)]
             done = closed
         final = text_of(len(turns), generation)
         if not final.startswith(done):
-            raise ConversationError("the tokenizer's chat template is not prefix-stable across turns")
+            raise ConversationError(TEMPLATE_ERROR, "the tokenizer's chat template is not prefix-stable across turns")
         pieces.append((final[len(done):], False))
         return pieces
 
@@ -219,14 +247,16 @@ def encode_conversation(
     template: str | ChatTemplate,
     *,
     tokens_per_image: int,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     max_length: int | None = None,
+    num_images: int | None = None,
 ) -> EncodedConversation:
-    """Token ids and labels (``-100`` outside assistant turns) of a whole conversation."""
+    """Token ids and labels (``-100`` outside assistant turns) of a whole conversation.
+
+    With ``num_images`` the placeholders must match it (``image_count_mismatch`` otherwise).
+    """
     chat = _template(template, image_token)
-    turns = to_turns(conversation)
-    if not any(t.role == "assistant" for t in turns):
-        raise ConversationError("conversation has no assistant turn to train on")
+    turns = to_turns(conversation, num_images, image_token=image_token)
     image_id = _image_token_id(tokenizer, image_token)
     ids, trained = _tokenize(chat.render(turns, tokenizer, generation=False), tokenizer, chat.add_special_tokens)
     num_images = ids.count(image_id)
@@ -252,13 +282,11 @@ def encode_prompt(
     template: str | ChatTemplate,
     *,
     tokens_per_image: int,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
 ) -> list[int]:
-    """Token ids of a conversation ending in a user turn, followed by the assistant's opening."""
+    """Token ids of a conversation ending in a human turn, followed by the assistant's opening."""
     chat = _template(template, image_token)
-    turns = to_turns(conversation)
-    if turns[-1].role != "user":
-        raise ConversationError("a prompt must end with a user turn")
+    turns = to_turns(conversation, image_token=image_token, prompt=True)
     image_id = _image_token_id(tokenizer, image_token)
     ids, trained = _tokenize(chat.render(turns, tokenizer, generation=True), tokenizer, chat.add_special_tokens)
     input_ids, _ = _expand_images(ids, trained, image_id, tokens_per_image)

@@ -84,23 +84,24 @@ def test_system_turn_replaces_default_system_prompt(tokenizer):
     assert tokenizer.decode(ids).startswith("<s>Be brief. USER:")
 
 
-@pytest.mark.parametrize("conversation,message", [
-    ([{"from": "gpt", "value": "hi"}], "expected 'user'"),
-    ([{"from": "human", "value": "a"}, {"from": "human", "value": "b"}], "alternate"),
-    ([{"from": "robot", "value": "a"}], "unknown role"),
-    ([{"from": "human"}], "no text"),
-    ([], "no user turn"),
-    (["not a dict"], "not a dict"),
+@pytest.mark.parametrize("conversation,reason", [
+    ([{"from": "gpt", "value": "hi"}], "non_alternating_roles"),
+    ([{"from": "human", "value": "a"}, {"from": "human", "value": "b"}], "non_alternating_roles"),
+    ([{"from": "robot", "value": "a"}], "unknown_role"),
+    ([{"from": "human"}], "malformed_record"),
+    ([], "empty_conversation"),
+    (["not a dict"], "malformed_record"),
 ])
-def test_bad_conversations_raise_clear_errors(tokenizer, conversation, message):
-    with pytest.raises(ConversationError, match=message):
+def test_bad_conversations_raise_clear_errors(tokenizer, conversation, reason):
+    with pytest.raises(ConversationError) as raised:
         encode_conversation(conversation, tokenizer, "vicuna_v1", tokens_per_image=1)
+    assert raised.value.reason == reason
 
 
-def test_training_needs_an_assistant_turn_and_prompts_need_a_final_user_turn(tokenizer):
-    with pytest.raises(ConversationError, match="no assistant"):
+def test_training_needs_a_final_assistant_turn_and_prompts_a_final_human_turn(tokenizer):
+    with pytest.raises(ConversationError, match="ending with gpt"):
         encode_conversation(CONVERSATION[:1], tokenizer, "vicuna_v1", tokens_per_image=1)
-    with pytest.raises(ConversationError, match="end with a user"):
+    with pytest.raises(ConversationError, match="ending with human"):
         encode_prompt(CONVERSATION[:2], tokenizer, "vicuna_v1", tokens_per_image=1)
 
 

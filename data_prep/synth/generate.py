@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_prep.convert import ConvertOptions, ConvertResult, convert
 from data_prep.records import (
-    IMAGE_TOKEN, MULTIPLE_CHOICE_SUFFIX, SHORT_ANSWER_SUFFIX, IdRegistry, ImageRef, Sample, check_conversation,
+    IMAGE_TOKEN, MULTIPLE_CHOICE_SUFFIX, SHORT_ANSWER_SUFFIX, ImageRef, Sample, check_conversation,
 )  # fmt: skip
 from data_prep.synth.programs import LETTERS, PROGRAMS, QA, ask, description
 from data_prep.synth.world import Scene, WorldConfig, render_png, sample_scene
@@ -114,11 +114,10 @@ def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, Conve
     scenes = [_train_scene(config, i) for i in range(config.num_train)]
     results = {}
     for split, build in (("align", align_sample), ("instruct", instruct_sample)):
-        samples, registry = [], IdRegistry()
+        samples = []
         for index, (scene, png) in enumerate(scenes):
             sample = build(config, index, scene, png)
             check_conversation(sample.conversations, len(sample.images))  # generator bug, not bad input: raise
-            sample.key = registry.claim(sample.id)
             samples.append(sample)
         split_options = dataclasses.replace(options, out_dir=str(Path(options.out_dir) / split))
         results[split] = convert(samples, [], split_options, num_input_records=len(samples), source=SOURCE,
