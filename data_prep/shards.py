@@ -8,6 +8,7 @@ rejections) is saved under `.progress/` before the rename, so a rerun can skip t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 import zlib
@@ -18,6 +19,8 @@ from typing import Callable
 from mm.atomic import write_json_atomic
 from data_prep.images import CheckedImage, ImageError, check_image, downscale
 from data_prep.records import MISSING_IMAGE, UNDECODABLE_IMAGE, ImageRef, RecordError, Sample
+
+log = logging.getLogger(__name__)
 
 PROGRESS_DIR = ".progress"
 TAR_BLOCK = 512
@@ -165,11 +168,29 @@ def write_shard(task: ShardTask, report: Callable[[int], None] = lambda n: None)
 
 
 def load_completed(task: ShardTask) -> ShardResult | None:
-    """The saved result of a complete shard matching `task`, or None if it must be (re)written."""
+    """The saved result of a complete shard matching `task`, or None if it must be (re)written: a shard
+    whose bytes no longer match the size and CRC-32 recorded when it was written is rewritten."""
     final = Path(task.out_dir) / task.name
     try:
         saved = ShardResult(**json.loads(progress_path(task.out_dir, task.name).read_text()))
         size = final.stat().st_size
     except (OSError, ValueError, TypeError):
         return None
-    return saved if saved.fingerprint == task.fingerprint and saved.num_bytes == size else None
+    if saved.fingerprint != task.fingerprint:
+        return None
+    if saved.num_bytes != size:
+        log.warning("%s: %d bytes, %d when written; rewriting it", final, size, saved.num_bytes)
+        return None
+    crc = file_crc32(final)
+    if crc != saved.crc32:
+        log.warning("%s: CRC-32 %s, %s when written (changed on disk); rewriting it", final, crc, saved.crc32)
+        return None
+    return saved
+
+
+def file_crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"

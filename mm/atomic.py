@@ -9,6 +9,28 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask. Linux shows it in /proc; elsewhere it can only be read by setting it (briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def new_file_mode(path: str | Path, *, directory: bool = False) -> int:
+    """The mode an ordinary `open` (or `mkdir`) would give: the replaced file's mode if there is one, else
+    0666 (0777 for a directory) less the umask. mkstemp/mkdtemp create 0600/0700, private to the owner."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write to a uniquely named temporary file in the same directory, fsync it, then rename over `path`."""
     path = Path(path)
@@ -16,6 +38,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), new_file_mode(path))
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
