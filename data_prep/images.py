@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from mm.images import load_rgb, to_8bit
+
 # PIL format name -> member extension (what webdataset decoders key on).
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
 CHECK_MODES = ("fast", "full")
@@ -69,7 +71,8 @@ def check_image(data: bytes, mode: str = "fast") -> CheckedImage:
     """Parse the header and check integrity; raise `ImageError` with the cause.
 
     `fast`: JPEG header + end-of-image marker after the scan, PNG chunk CRCs (`verify`), other
-    formats fully decoded (they are rare). `full`: every image fully decoded.
+    formats fully decoded (they are rare). `full`: every image fully decoded. Decoding is
+    `mm.images.load_rgb`, the decoder training and evaluation use.
     """
     if mode not in CHECK_MODES:
         raise ValueError(f"unknown check mode {mode!r}; valid: {', '.join(CHECK_MODES)}")
@@ -79,7 +82,7 @@ def check_image(data: bytes, mode: str = "fast") -> CheckedImage:
         if fmt not in _EXTENSIONS:
             raise ImageError(f"unsupported image format {fmt}")
         if mode == "full" or fmt not in ("JPEG", "MPO", "PNG"):
-            image.load()
+            load_rgb(data)  # decoded exactly as training and evaluation decode it
         elif fmt == "PNG":
             image.verify()
         else:
@@ -99,7 +102,7 @@ def downscale(checked: CheckedImage, max_side: int) -> CheckedImage:
     """Re-encode an image whose longer side exceeds `max_side` (aspect kept); others unchanged.
 
     JPEG stays JPEG (quality 95, EXIF and ICC profile kept so orientation still applies); other
-    formats become PNG (lossless).
+    formats become 8-bit PNG (16-bit grayscale scaled to 8 bits, as `mm.images` decodes it).
     """
     if max(checked.width, checked.height) <= max_side:
         return checked
@@ -112,8 +115,9 @@ def downscale(checked: CheckedImage, max_side: int) -> CheckedImage:
         if checked.extension == "jpg":
             image = image if image.mode in ("RGB", "L", "CMYK") else image.convert("RGB")
             fmt, extension, options = "JPEG", "jpg", {"quality": 95, "exif": info.get("exif", b"")}
-        else:
-            image = image if image.mode in ("RGB", "RGBA", "L", "LA", "I", "I;16") else image.convert("RGBA")
+        else:  # 16-bit grayscale scaled to 8 bits as training decodes it (mm.images), not clipped
+            image = to_8bit(image)
+            image = image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGBA")
             fmt, extension, options = "PNG", "png", {}
         if info.get("icc_profile"):
             options["icc_profile"] = info["icc_profile"]

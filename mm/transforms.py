@@ -7,7 +7,6 @@ at least the target size, which skips most of the decoding work for large photos
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from mm.images import load_rgb, to_rgb
 
 MODES = ("pad", "resize", "crop")
 
@@ -39,11 +40,9 @@ class ImageTransform:
             raise ValueError(f"unknown image transform mode {self.mode!r}; valid modes: {list(MODES)}")
 
     def open(self, source: bytes | str | Path) -> Image.Image:
-        """Decode image bytes or a file into RGB, in draft mode where that loses nothing we keep."""
-        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        if self.draft and image.format == "JPEG":
-            image.draft("RGB", self._needed_size(image.size))
-        return image.convert("RGB")
+        """Decode image bytes or a file into RGB (``mm.images.load_rgb``), in JPEG draft mode where
+        that loses nothing we keep."""
+        return load_rgb(source, self._needed_size if self.draft else None)
 
     def _needed_size(self, size: tuple[int, int]) -> tuple[int, int]:
         width, height = size
@@ -53,8 +52,8 @@ class ImageTransform:
         return max(1, round(width * scale)), max(1, round(height * scale))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> uint8 tensor (3, image_size, image_size)."""
-        return self.square(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+        """PIL image (made RGB by ``mm.images.to_rgb``) -> uint8 tensor (3, image_size, image_size)."""
+        return self.square(torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1))
 
     def square(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) -> uint8 (3, image_size, image_size), by this transform's mode.
