@@ -1,0 +1,86 @@
+"""Checkpoints are loaded with weights_only=True, explicitly: a checkpoint carrying a pickled callable is
+refused by `mm-train fit --ckpt_path` even where torch's default would unpickle it (torch < 2.6, simulated
+by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD), and every torch.load in the code says weights_only=True."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import ASSET_TOKENIZER, write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: 2
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+model:
+  model:
+    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
+    projector: {{kind: pixel_shuffle2x_mlp}}
+    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
+  policy: {{stage: finetune, lr: 1.0e-3}}
+data:
+  train_shards: [{{urls: {data}}}]
+  batch_size: 2
+  num_workers: 0
+  max_length: 64
+  template: plain
+"""
+
+
+class Payload:
+    """Unpickling this runs os.mkdir(marker): what a crafted checkpoint could run instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("ckpt_path", ["last", "file"])
+def test_fit_ckpt_path_refuses_a_checkpoint_that_unpickles_code(tmp_path, monkeypatch, ckpt_path):
+    """`last` is the resume path (the run's checkpoints/last.ckpt); a plain file path is also read by
+    LightningCLI itself (for hyperparameters), which passes weights_only=True on its own."""
+    from mm.train.cli import main
+
+    write_shards(tmp_path / "data", [2])
+    config = tmp_path / "run.yaml"
+    config.write_text(CONFIG.format(root=tmp_path / "run", assets=ASSET_TOKENIZER.parent, data=tmp_path / "data"))
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    evil.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": Payload(marker)}, evil)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch < 2.6: weights_only=False by default
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        main(["fit", "--config", str(config), "--ckpt_path", "last" if ckpt_path == "last" else str(evil)])
+    assert not marker.exists()
+
+
+def torch_load_calls(path: Path):
+    tree = ast.parse(path.read_text(), str(path))
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load"]
+
+
+def test_every_torch_load_passes_weights_only_true():
+    offenders, calls = [], 0
+    for folder in ("mm", "data_prep", "eval", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for call in torch_load_calls(path):
+                calls += 1
+                flags = [k.value for k in call.keywords if k.arg == "weights_only"]
+                if not (flags and isinstance(flags[0], ast.Constant) and flags[0].value is True):
+                    offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert calls and not offenders, offenders
