@@ -131,3 +131,65 @@ def test_stop_tokens(tokenizer):
     eos = tokenizer.eos_token_id
     assert stop_token_ids(tokenizer, "vicuna_v1") == [eos]
     assert stop_token_ids(tokenizer, "chat_template") == sorted({eos, tokenizer.convert_tokens_to_ids("<|im_end|>")})
+
+
+def test_mm_prep_and_the_encoder_accept_exactly_the_same_conversations(tokenizer, tmp_path):
+    """One contract: what mm-prep writes encodes; what it rejects for a conversation reason, the
+    encoder rejects for the same reason."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from data_prep.cli import main
+    from data_prep.inspect_shards import iter_samples
+
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, "PNG")
+    (tmp_path / "a.png").write_bytes(image.getvalue())
+    h, g = (lambda text: {"from": "human", "value": text}), (lambda text: {"from": "gpt", "value": text})
+    conversations = {
+        "plain": ([h("<image>\nWhat?"), g("Red.")], 1),
+        "system": ([{"from": "system", "value": "Be brief."}, h("Hi"), g("Hello."), h("<image> And?"), g("Red.")], 1),
+        "two-images": ([h("<image><image>\nBoth?"), g("Red.")], 2),
+        "user-assistant": ([{"from": "user", "value": "Hi"}, {"from": "assistant", "value": "Hello."}], 0),
+        "capitalised": ([{"from": "Human", "value": "Hi"}, g("Hello.")], 0),
+        "role-content": ([{"role": "user", "content": "Hi"}, g("Hello.")], 0),
+        "gpt-first": ([g("Hello."), h("Hi")], 0),
+        "two-humans": ([h("Hi"), h("Hi again"), g("Hello.")], 0),
+        "ends-with-human": ([h("Hi"), g("Hello."), h("Bye")], 0),
+        "system-later": ([h("Hi"), {"from": "system", "value": "x"}, g("Hello.")], 0),
+        "only-system": ([{"from": "system", "value": "x"}], 0),
+        "empty-value": ([h("Hi"), g("  ")], 0),
+        "number-value": ([h("Hi"), {"from": "gpt", "value": 3}], 0),
+        "not-a-message": ([h("Hi"), "Hello."], 0),
+        "not-a-list": ({"from": "human", "value": "Hi"}, 0),
+        "empty": ([], 0),
+        "missing-image": ([h("What?"), g("Red.")], 1),
+        "extra-placeholder": ([h("<image><image>"), g("Red.")], 1),
+        "image-in-answer": ([h("<image>"), g("<image>")], 1),
+    }
+    records = [{"id": name, "image": ["a.png"] * count, "conversations": turns}
+               for name, (turns, count) in conversations.items()]  # fmt: skip
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    assert main(["llava", "--annotations", str(tmp_path / "data.json"), "--image-root", str(tmp_path),
+                 "--out", str(out), "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+
+    def encode(record, num_images):
+        return encode_conversation(record["conversations"], tokenizer, "vicuna_v1", tokens_per_image=2,
+                                   num_images=num_images)  # fmt: skip
+
+    written = {sample.record["id"]: sample.record for sample in iter_samples(out)}
+    assert sorted(written) == ["plain", "system", "two-images"]
+    for record in written.values():
+        assert encode(record, len(record["images"])).num_images == len(record["images"])
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == len(conversations) - len(written)
+    for row in rejected:
+        with pytest.raises(ConversationError) as raised:
+            encode(row["record"], len(row["record"]["image"]))
+        assert (row["id"], raised.value.reason) == (row["id"], row["reason"])
+    assert {row["reason"] for row in rejected} == {
+        "unknown_role", "malformed_record", "non_alternating_roles", "empty_message", "empty_conversation",
+        "image_count_mismatch"}  # fmt: skip

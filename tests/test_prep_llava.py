@@ -366,3 +366,155 @@ def test_unreadable_annotation_files_are_clear_errors(tmp_path, capsys):
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD[0]]).encode())
     assert main(["llava", "--annotations", str(bom), "--out", str(tmp_path / "b"), "--workers", "1", "--no-progress"]) == 0
+
+
+# Trust: inputs are confined, and a bad record is rejected on its own (never stops the run).
+
+
+def _prep(annotations, root, out, *extra) -> int:
+    return main(["llava", "--annotations", str(annotations), "--image-root", str(root), "--out", str(out),
+                 "--workers", "1", "--no-progress", *extra])  # fmt: skip
+
+
+def _rejections(out) -> dict:
+    return {row["id"]: row for row in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
+
+
+def test_image_paths_must_stay_inside_the_image_root(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (root / "a.jpg").write_bytes(image_bytes("JPEG"))
+    (outside / "secret.jpg").write_bytes(image_bytes("JPEG", color=(1, 2, 3)))
+    (root / "inside-link.jpg").symlink_to(root / "a.jpg")
+    (root / "outside-link.jpg").symlink_to(outside / "secret.jpg")
+    (root / "outside-dir").symlink_to(outside)
+    paths = {"good": "a.jpg", "inside-link": "inside-link.jpg", "dotdot": "../outside/secret.jpg",
+             "absolute": str(outside / "secret.jpg"), "passwd": "/etc/passwd", "link": "outside-link.jpg",
+             "dir-link": "outside-dir/secret.jpg"}  # fmt: skip
+    records = [{"id": name, "image": path, "conversations": [human("<image>\nWhat?"), gpt("A block.")]}
+               for name, path in paths.items()]  # fmt: skip
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    assert _prep(tmp_path / "data.json", root, tmp_path / "out") == 0
+    written = {sample.record["id"]: sample.images for sample in iter_samples(tmp_path / "out")}
+    assert sorted(written) == ["good", "inside-link"]
+    rejected = _rejections(tmp_path / "out")
+    assert {name: row["reason"] for name, row in rejected.items()} == dict.fromkeys(list(paths)[2:], "image_outside_root")
+    assert "--allow-outside-root" in rejected["dotdot"]["detail"]
+
+    assert _prep(tmp_path / "data.json", root, tmp_path / "allowed", "--allow-outside-root") == 0
+    written = {sample.record["id"]: sample.images for sample in iter_samples(tmp_path / "allowed")}
+    assert sorted(written) == ["absolute", "dir-link", "dotdot", "good", "inside-link", "link"]
+    assert written["dotdot"] == [(outside / "secret.jpg").read_bytes()]
+    assert _rejections(tmp_path / "allowed")["passwd"]["reason"] == "undecodable_image"  # read, as asked
+
+
+def test_bad_text_is_rejected_per_record_naming_the_line(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    good = {"id": "good", "conversations": [human("Hi"), gpt("Hello.")]}
+    surrogate = {"id": "surrogate", "conversations": [human("Hi \ud800"), gpt("Hello.")]}
+    lines = [json.dumps(good).encode(), json.dumps(surrogate).encode(),  # the surrogate as JSON writes it: \ud800
+             b'{"id": "latin-1", "conversations": [{"from": "human", "value": "caf\xe9"}]}', b"",
+             json.dumps({**good, "id": "good-2", "extra": {"key \udfff": 1}}).encode(),
+             json.dumps({**good, "id": "good-3"}).encode()]  # fmt: skip
+    (tmp_path / "data.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert _prep(tmp_path / "data.jsonl", root, tmp_path / "out") == 0
+    assert sorted(sample.record["id"] for sample in iter_samples(tmp_path / "out")) == ["good", "good-3"]
+    raw_rows = (tmp_path / "out" / "rejected.jsonl").read_bytes()
+    raw_rows.decode("ascii")  # escaped: writing it cannot fail on text that is not UTF-8
+    rows = sorted(map(json.loads, raw_rows.decode().splitlines()), key=lambda row: row["index"])
+    assert [(row["index"], row["reason"]) for row in rows] == [(1, "bad_text"), (2, "bad_text"), (3, "bad_text")]
+    assert rows[0]["detail"].startswith("line 2") and rows[0]["record"] == surrogate  # kept, escaped
+    assert rows[1]["detail"].startswith("line 3 is not UTF-8") and rows[1]["record"].endswith('"caf\\xe9"}]}')
+    assert rows[2]["detail"].startswith("line 5")
+
+    (tmp_path / "list.json").write_text(json.dumps([surrogate, good]))  # a JSON list: the same, per record
+    assert _prep(tmp_path / "list.json", root, tmp_path / "list") == 0
+    assert _rejections(tmp_path / "list")["surrogate"]["reason"] == "bad_text"
+
+
+def test_a_json_list_file_that_is_not_utf8_is_an_error_naming_it(tmp_path, capsys):
+    (tmp_path / "latin.json").write_bytes(b'[{"id": "caf\xe9"}]')
+    assert _prep(tmp_path / "latin.json", tmp_path, tmp_path / "out") == 1
+    assert f"{tmp_path / 'latin.json'}: not UTF-8 at byte 12" in capsys.readouterr().err
+
+
+def test_a_bad_first_copy_of_an_id_does_not_take_the_good_later_one_down(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not an image")
+
+    def record(record_id, image, answer):
+        return {"id": record_id, "image": image, "conversations": [human("<image>\nWhat?"), gpt(answer)]}
+
+    records = [record("missing", "nope.jpg", "first"), record("broken", "broken.jpg", "first"),
+               record("outside", "../x.jpg", "first"), record("twice", "a.jpg", "first"),
+               record("missing", "a.jpg", "second"), record("broken", "a.jpg", "second"),
+               record("outside", "a.jpg", "second"), record("twice", "a.jpg", "second")]  # fmt: skip
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    assert _prep(tmp_path / "data.json", root, tmp_path / "out") == 0
+    written = {sample.record["id"]: sample.record["conversations"][1]["value"] for sample in iter_samples(tmp_path / "out")}
+    assert written == {"missing": "second", "broken": "second", "outside": "second", "twice": "first"}
+    rows = sorted(map(json.loads, (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()), key=lambda r: r["index"])
+    assert [(row["index"], row["reason"]) for row in rows] == [
+        (0, "missing_image"), (1, "undecodable_image"), (2, "image_outside_root"), (7, "duplicate_id")]  # fmt: skip
+    keys = [sample.key for sample in iter_samples(tmp_path / "out")]
+    assert sorted(keys) == ["broken", "missing", "outside", "twice"]  # the kept copy has the plain key
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass  # exited meanwhile
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "images"
+    root.mkdir()
+    data = image_bytes("JPEG", (16, 16))
+    records = []
+    for i in range(3000):
+        (root / f"{i}.jpg").write_bytes(data)
+        records.append({"id": i, "image": f"{i}.jpg", "conversations": [human("<image>\nWhat?"), gpt(f"Number {i}.")]})
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from data_prep.cli import main; sys.exit(main(sys.argv[1:]))",
+                                "llava", "--annotations", str(tmp_path / "d.json"), "--image-root", str(root), "--out", str(out),
+                                "--samples-per-shard", "5", "--workers", "2", "--no-progress"])  # fmt: skip
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None and not list(out.glob("shard-*.tar")):
+            time.sleep(0.005)
+        tree = _children(process.pid)
+        tree += [grandchild for child in tree for grandchild in _children(child)]  # forkserver -> workers
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert len(tree) >= 3 and not (out / "manifest.json").exists(), "the kill must land mid-run"
+        deadline = time.monotonic() + 10
+        while any(map(_alive, tree)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in tree if _alive(pid)], "orphaned workers outlived the killed mm-prep"
+    finally:
+        for pid in filter(_alive, tree):  # this test's own processes, if the check failed
+            os.kill(pid, signal.SIGKILL)

@@ -121,3 +121,36 @@ def test_bad_layout_and_pattern_are_clear_errors(vqa, tmp_path, capsys):
             "--image-pattern", "{nope}.jpg", "--out", str(tmp_path / "o")]  # fmt: skip
     assert main(args) == 1
     assert "cannot be formatted" in capsys.readouterr().err
+
+
+def _vqa(qpath, apath, images, out, *extra) -> int:
+    return main(["vqa", "--questions", str(qpath), "--annotations", str(apath), "--image-root", str(images),
+                 "--out", str(out), "--workers", "1", "--no-progress", *extra])  # fmt: skip
+
+
+def test_image_pattern_must_stay_inside_the_image_root(vqa, tmp_path):
+    qpath, apath, images = vqa
+    (images / "sub-folder").mkdir()
+    outside = ["--image-pattern", "../COCO_val2014_{image_id:012d}.jpg"]
+    assert _vqa(qpath, apath, images / "sub-folder", tmp_path / "out", *outside) == 0
+    outside_root = {(qid, "image_outside_root") for qid in (11, 12, 21, 31)}
+    assert _rejected(tmp_path / "out") == outside_root | {(41, "no_answer"), ("x", "malformed_record")}
+    assert not list(iter_samples(tmp_path / "out"))
+    assert _vqa(qpath, apath, images / "sub-folder", tmp_path / "allowed", *outside, "--allow-outside-root") == 0
+    assert sorted(s.record["id"] for s in iter_samples(tmp_path / "allowed")) == [11, 12, 21]
+
+
+def test_bad_text_and_a_bad_first_copy_are_per_question(vqa, tmp_path):
+    qpath, apath, images = vqa
+    data = json.loads(qpath.read_text())
+    data["questions"] += [{"question_id": 51, "image_id": 2, "question": "Bad \ud800 text?"},
+                          {"question_id": 61, "image_id": 3, "question": "First copy, image missing?"},
+                          {"question_id": 61, "image_id": 2, "question": "Second copy, image here?"}]  # fmt: skip
+    qpath.write_text(json.dumps(data))
+    annotations = json.loads(apath.read_text())
+    annotations["annotations"] += [{"question_id": 51, "answers": answers("yes")}, {"question_id": 61, "answers": answers("no")}]
+    apath.write_text(json.dumps(annotations))
+    assert _vqa(qpath, apath, images, tmp_path / "out") == 0
+    assert {(61, "missing_image"), (51, "bad_text")} <= _rejected(tmp_path / "out")
+    written = {s.record["id"]: s.record["conversations"][0]["value"] for s in iter_samples(tmp_path / "out")}
+    assert "Second copy" in written[61]
