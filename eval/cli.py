@@ -12,6 +12,7 @@ from eval.distributed import Ranks, init_process_group
 from eval.predictions import PredictionFileError
 from eval.tasks import TASKS, UnknownTaskError, get_task
 from eval.tasks.base import TaskDataError, flag
+from mm.hub import CheckpointNotFound
 
 log = logging.getLogger("mm-eval")
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         args.func(args)
-    except (TaskDataError, PredictionFileError, UnknownTaskError) as error:
+    except (TaskDataError, PredictionFileError, UnknownTaskError, CheckpointNotFound) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mm-eval: error: {message}", file=sys.stderr)
         return 2

@@ -22,13 +22,18 @@ def current_umask() -> int:
     return umask
 
 
+def default_mode(*, directory: bool = False) -> int:
+    """The mode an ordinary `open` (or `mkdir`) gives a new file: 0666 (0777) less the umask.
+    mkstemp/mkdtemp (and writers built on them) create 0600/0700 instead, private to the owner."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def new_file_mode(path: str | Path, *, directory: bool = False) -> int:
-    """The mode an ordinary `open` (or `mkdir`) would give: the replaced file's mode if there is one, else
-    0666 (0777 for a directory) less the umask. mkstemp/mkdtemp create 0600/0700, private to the owner."""
+    """The mode of the file being replaced if there is one, else `default_mode`."""
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        return (0o777 if directory else 0o666) & ~current_umask()
+        return default_mode(directory=directory)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -1,17 +1,17 @@
-"""Self-contained checkpoint directories: save, load (ours and llava-hf), atomic writes."""
+"""Self-contained checkpoint directories: save (through mm.export_target), load (ours and llava-hf)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 import mm
 from mm.config import VLMConfig
+from mm.export_target import export_directory
+from mm.hub import not_found
 
 CONFIG_NAME = "mm_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -20,10 +20,11 @@ FORMAT_VERSION = 1
 
 
 def save_pretrained(model, directory: str | os.PathLike) -> None:
-    """Write config, weights, tokenizer and image settings to `directory`, replacing it atomically."""
+    """Write config, weights, tokenizer and image settings to `directory`. An earlier export there is
+    replaced in one rename; other files in it are kept (see mm.export_target)."""
     from safetensors.torch import save_model
 
-    with atomic_directory(directory) as tmp:
+    with export_directory(directory) as tmp:
         resolved = resolved_config(model)
         payload = {"format_version": FORMAT_VERSION, "mm_version": mm.__version__, **resolved.to_dict()}
         (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -103,13 +104,13 @@ def _local_directory(path: str) -> Path:
     if os.path.exists(path):
         raise ValueError(f"{path} is a file; a checkpoint is a directory")
     if path.count("/") != 1 or path.startswith((".", "/")):
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+        raise not_found(path, "checkpoint")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
     except Exception as err:  # offline, unknown repo, gated, ...: all mean "cannot get it"
-        raise FileNotFoundError(f"{path} is not a local directory, and fetching it from the Hub failed: {err}") from err
+        raise not_found(path, "checkpoint", err) from err
 
 
 def _as_dtype(dtype) -> torch.dtype:
@@ -119,28 +120,3 @@ def _as_dtype(dtype) -> torch.dtype:
     if not isinstance(value, torch.dtype):
         raise ValueError(f"unknown torch_dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
     return value
-
-
-class atomic_directory:
-    """Context manager: yields a temp dir beside `target`; on success it replaces `target` in one rename."""
-
-    def __init__(self, target: str | os.PathLike) -> None:
-        self.target = Path(target).resolve()
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        os.chmod(self.tmp, 0o755)
-        if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
-            os.replace(self.target, old / "previous")
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)

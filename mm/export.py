@@ -14,7 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="transformers LlavaForConditionalGeneration directory (transformers CLIP/SigLIP tower, mlp2x_gelu)",
     )
     llava.add_argument("checkpoint", help="mm checkpoint directory (from save_pretrained / mm-train)")
-    llava.add_argument("out", help="output directory (replaced atomically if it exists)")
+    llava.add_argument("out", help="output directory; an earlier export there is replaced, other folders are refused")
+    llava.add_argument("--overwrite", action="store_true",
+                       help="write into an existing folder that is not an earlier export (only the export's own "
+                            "files are replaced; other files, and the checkpoint itself, are never touched)")
     llava.add_argument("--dtype", default=None, help="cast weights first: float32, bfloat16 or float16")
     return parser
 
@@ -22,8 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import mm
+    from mm.export_target import ExportTargetError, check_export_target
     from mm.llava import LlavaIncompatible, export_llava_hf
 
+    try:  # before loading: a refused folder should not cost a model load
+        check_export_target(args.out, sources=[args.checkpoint], overwrite=args.overwrite)
+    except ExportTargetError as err:
+        print(f"mm-export: {err}", file=sys.stderr)
+        return 2
     try:
         model = mm.load_pretrained(args.checkpoint, torch_dtype=args.dtype)
     except (OSError, ValueError) as err:

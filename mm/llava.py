@@ -125,10 +125,11 @@ def llava_config_for(model):
 
 
 def export_llava_hf(model, out_dir: str | Path) -> None:
-    """Write a `LlavaForConditionalGeneration` directory (config, weights, tokenizer, processor)."""
+    """Write a `LlavaForConditionalGeneration` directory (config, weights, tokenizer, processor). An earlier
+    export there is replaced in one rename; other files in it are kept (see mm.export_target)."""
     from transformers import LlavaForConditionalGeneration
 
-    from mm.checkpoint import atomic_directory
+    from mm.export_target import export_directory
 
     llava_config = llava_config_for(model)
     with torch.device("meta"):
@@ -138,7 +139,7 @@ def export_llava_hf(model, out_dir: str | Path) -> None:
     missing = [k for k in missing if k != "lm_head.weight" or not llava_config.tie_word_embeddings]
     if missing or unexpected:
         raise ValueError(f"weights do not map onto Llava: missing {missing}, unexpected {unexpected}")
-    with atomic_directory(out_dir) as tmp:
+    with export_directory(out_dir) as tmp:
         llava.save_pretrained(str(tmp))
         model.tokenizer.save_pretrained(str(tmp))
         _processor_for(model, llava_config).save_pretrained(str(tmp))

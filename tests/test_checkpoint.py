@@ -108,7 +108,7 @@ def test_torch_dtype_on_load(tmp_path):
 
 
 def test_loading_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+    with pytest.raises(FileNotFoundError, match="missing: no such local path, and it is not a Hub id"):
         mm.load_pretrained(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither an mm checkpoint"):
@@ -130,7 +130,7 @@ def test_hub_ids_that_cannot_be_fetched_are_reported(monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(FileNotFoundError, match="someone/model is not a local directory, and fetching it .*offline"):
+    with pytest.raises(FileNotFoundError, match="someone/model: no such local path, and as a Hub id it could not be fetched: offline"):
         mm.load_pretrained("someone/model")
     assert requested == ["someone/model"]
 
