@@ -7,6 +7,7 @@ apply the same rules to all of them, so every record ends either in a shard or i
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -127,11 +128,16 @@ def check_text(value: Any, where: str = "record") -> None:
             check_text(item, f"{where}[{position}]")
 
 
+@functools.lru_cache(maxsize=16)
+def _real_root(image_root: str) -> str:
+    return os.path.realpath(image_root)  # once per root, not once per image
+
+
 def image_path(image_root: str, name: str, allow_outside_root: bool = False) -> str:
     """The file of image `name` under `image_root`; `RecordError(IMAGE_OUTSIDE_ROOT)` if it resolves
     (through `..`, an absolute path or symlinks) outside the root, unless that is allowed."""
     path = os.path.join(image_root, name)
-    root = os.path.realpath(image_root)
+    root = _real_root(image_root)
     if not allow_outside_root and os.path.commonpath([root, os.path.realpath(path)]) != root:
         raise RecordError(IMAGE_OUTSIDE_ROOT, f"image {name!r} resolves outside --image-root (--allow-outside-root permits it)")
     return path
