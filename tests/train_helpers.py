@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import tarfile
 from pathlib import Path
 
+import lightning as L
 from PIL import Image
 
 ASSET_TOKENIZER = Path(__file__).resolve().parents[1] / "mm" / "assets" / "tokenizer"
@@ -140,3 +143,18 @@ def reference_grads(module, batches):
     for batch in batches:
         (module(batch, num_items_in_batch=1.0).loss / total).backward()
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+
+
+class SigkillAtStep(L.Callback):
+    """For `mm-train` subprocesses (class_path `train_helpers.SigkillAtStep`): the process kills itself with
+    SIGKILL before training step `step`, as an out-of-memory kill or a pre-empted node would (no exception
+    handler runs, nothing is saved on the way out)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

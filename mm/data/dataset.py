@@ -56,7 +56,7 @@ class ShardStreamDataset(IterableDataset):
     def __init__(
         self,
         sources: list[ResolvedSource],
-        decoder: SampleDecoder,
+        decoder: SampleDecoder | None,
         pad_id: int,
         settings: StreamSettings,
         *,
@@ -123,13 +123,14 @@ class ShardStreamDataset(IterableDataset):
         raw = read_pieces(slice_pieces(pieces, begin, end), skipped)
         raw = shuffle_buffer(raw, settings.shuffle_buffer if settings.shuffle else 0, rng)
         groups = length_grouped(self._decoded(raw, skipped), settings.batch_size, settings.group_batches, rng)
-        yield from self._quota_batches(groups, skipped, replay, consumer)
+        yield from self._quota_batches(groups, skipped, replay, consumer, worker)
 
-    def _quota_batches(self, groups, skipped: Counter, replay: int, consumer: int) -> Iterator[dict]:
+    def _quota_batches(self, groups, skipped: Counter, replay: int, consumer: int, worker: int) -> Iterator[dict]:
         quota = self.batches_per_worker()
         produced, reported, last = 0, Counter(), None
         for group in groups:
             last = self._batch(group)
+            last["index_in_epoch"] = produced * self.num_workers + worker  # the DataLoader's round-robin
             produced += 1
             if produced == quota:  # count the dropped tail now, so the last batch reports it
                 dropped = sum(len(rest) for rest in groups)
@@ -147,9 +148,11 @@ class ShardStreamDataset(IterableDataset):
                     f"consumer {consumer} (rank {self.rank}) has no valid sample in its slice "
                     f"(skipped: {dict(skipped)}); the data is too corrupt or too small for this many workers"
                 )
+            padding = masked_copy(last)
+            padding["index_in_epoch"] = produced * self.num_workers + worker
             produced += 1
             if produced > replay:
-                yield self._with_counts(masked_copy(last), skipped, reported, is_padding=True)
+                yield self._with_counts(padding, skipped, reported, is_padding=True)
             reported = skipped.copy()
 
     @staticmethod

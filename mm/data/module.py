@@ -155,6 +155,14 @@ class ShardDataModule(L.LightningDataModule):
         return StreamLoader(dataset, num_workers=self.num_workers, accumulate=accumulate, position=position,
                             pin_memory=self.pin_memory)
 
+    def train_batches_per_epoch(self) -> int:
+        """Batches this rank's train loader yields in the first epoch, counted from the shard sizes alone
+        (nothing is read or decoded), so the LR schedule can be sized before the loader exists."""
+        settings = StreamSettings(shuffle=True, **self.settings)
+        counting = ShardStreamDataset(self.train_sources, decoder=None, pad_id=0, settings=settings,
+                                      rank=self.rank, world_size=self.world_size, num_workers=self.num_workers)
+        return len(counting)
+
     def train_dataloader(self) -> StreamLoader:
         trainer = self.trainer
 

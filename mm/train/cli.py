@@ -1,13 +1,15 @@
 """`mm-train`: the Lightning CLI over ``VLMTrainingModule`` and ``ShardDataModule``.
 
     mm-train fit --config configs/demo/stage1_align.yaml
-    mm-train fit --config ... --ckpt_path last          # resume mid-epoch exactly
+    mm-train fit --config ... --ckpt_path last          # resume mid-epoch exactly (error if none)
     mm-train fit --print_config                         # every option with its help text
 
 The resolved config is written next to the logs/checkpoints (`config.yaml`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -18,6 +20,38 @@ from mm.train.module import VLMTrainingModule
 class MMTrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.use_distributed_sampler": False})
+
+    def before_fit(self) -> None:
+        run_checkpoints_in_one_folder(self.trainer)
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = str(find_last_checkpoint(self.trainer))
+
+
+def run_checkpoints_in_one_folder(trainer) -> None:
+    """Checkpoints without a `dirpath` go to `<default_root_dir>/checkpoints`, not into the logger's
+    `version_N` folder: a resumed run gets a new version folder, and its `last` must still be found."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath is None:
+            callback.dirpath = str(Path(trainer.default_root_dir).resolve() / "checkpoints")
+
+
+def find_last_checkpoint(trainer) -> Path:
+    """The newest `last*.ckpt` of this run: in the checkpoint callbacks' folders, or in the logger version
+    folders where runs before `run_checkpoints_in_one_folder` kept them. None is an error: Lightning would
+    only warn and train from scratch over the earlier run's export."""
+    folders = [Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath]
+    for logger in trainer.loggers:
+        if logger.save_dir is not None:
+            folders += Path(logger.save_dir, str(logger.name or "")).glob("*/checkpoints")
+    candidates = [path for folder in folders for path in folder.glob("last*.ckpt")]
+    if not candidates:
+        looked = ", ".join(sorted({str(folder) for folder in folders})) or "(no checkpoint folder is configured)"
+        raise SystemExit(
+            f"mm-train: error: --ckpt_path last: no checkpoint to resume under {Path(trainer.default_root_dir).resolve()} "
+            f"(looked for last*.ckpt in {looked}); run without --ckpt_path to start a new run"
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime)
 
 
 def make_cli(args=None, run: bool = True) -> MMTrainCLI:

@@ -9,6 +9,7 @@ so the divisor is scaled by both: the optimizer step then sees sum(CE) / tokens,
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -21,15 +22,13 @@ import torch
 from mm.config import VLMConfig
 from mm.data.batching import packed_attention_mask
 from mm.data.module import target_tokens
+from mm.data.skips import COUNTER_NAMES, PADDING_BATCHES, counter_vector
 from mm.train.init import build_for_stage, merge_lora
 from mm.train.optim import build_optimizer
 from mm.train.policy import TrainingPolicy
 from mm.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
-
-SKIP_REASONS = ("bad_json", "bad_image", "missing_image", "too_long", "bad_conversation", "image_mismatch",
-                "shard_error", "dropped_uneven_tail")
 
 
 class VLMTrainingModule(L.LightningModule):
@@ -55,8 +54,9 @@ class VLMTrainingModule(L.LightningModule):
         self.trust_remote_code = trust_remote_code
         self.vlm = None
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
-        self.skipped = {reason: 0 for reason in SKIP_REASONS} | {"padding_batches": 0}
+        self.skipped = dict.fromkeys(COUNTER_NAMES, 0)  # this rank's counts (a checkpoint holds the totals)
         self._window_loss = torch.zeros(())
+        self._window_has_targets = False
         self._pending_rng: dict | None = None
         self._last_step_time: float | None = None
         self._val_sums = torch.zeros(2)
@@ -104,34 +104,44 @@ class VLMTrainingModule(L.LightningModule):
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        _check_position(batch, batch_idx, self.current_epoch)
         if self._pending_rng is not None:
             _set_rng_state(self._pending_rng)
             self._pending_rng = None
         window_tokens = self._reduce_sum(torch.tensor(float(batch["window_target_tokens"]), device=self.device))
+        self._count(batch)
+        self._log_throughput(batch)
+        self._window_has_targets = bool(window_tokens > 0)  # the same on every rank: window_tokens is global
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
         if isinstance(self.trainer.strategy, DeepSpeedStrategy):
             scale *= self.trainer.accumulate_grad_batches  # its engine divides by the accumulation steps again
         divisor = window_tokens.clamp(min=1.0) / scale
         loss = self(batch, num_items_in_batch=divisor).loss
         self._window_loss = self._window_loss.to(self.device) + loss.detach() * divisor / window_tokens.clamp(min=1)
-        self._count(batch)
-        self._log_throughput(batch)
         return loss
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         window_done = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
         if window_done or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            # Every rank's share is sum(CE)/window tokens; their sum is the window's token-mean loss.
-            self.log("train/loss", self._reduce_sum(self._window_loss), prog_bar=True, on_step=True)
+            # Every rank's share is sum(CE)/window tokens; their sum is the window's token-mean loss. A window
+            # of padding batches only has no loss: it is not logged (it would read as a loss of 0.0).
+            window_loss = self._reduce_sum(self._window_loss.to(self.device))
+            if self._window_has_targets:
+                self.log("train/loss", window_loss, prog_bar=True, on_step=True)
             self._window_loss = torch.zeros((), device=self.device)
 
     def _count(self, batch: dict) -> None:
-        for reason, count in batch.get("skipped", {}).items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + int(count)
-        self.skipped["padding_batches"] += int(bool(batch.get("is_padding", False)))
-        names = sorted(self.skipped)
-        totals = self._reduce_sum(torch.tensor([float(self.skipped[n]) for n in names], device=self.device))
-        self.log_dict({f"skipped/{n}": v for n, v in zip(names, totals)}, on_step=True, on_epoch=False)
+        counts = dict(batch.get("skipped", {}))
+        counts[PADDING_BATCHES] = int(bool(batch.get("is_padding", False)))
+        for name, count in zip(COUNTER_NAMES, counter_vector(counts)):
+            self.skipped[name] += count
+        totals = self._skip_totals()
+        self.log_dict({f"skipped/{n}": v for n, v in zip(COUNTER_NAMES, totals)}, on_step=True, on_epoch=False)
+
+    def _skip_totals(self) -> torch.Tensor:
+        """The counters summed over ranks (a vector in `COUNTER_NAMES` order, the same length on every rank)."""
+        local = torch.tensor([float(self.skipped[n]) for n in COUNTER_NAMES], device=self.device)
+        return self._reduce_sum(local)
 
     def _log_throughput(self, batch: dict) -> None:
         now = time.perf_counter()
@@ -145,6 +155,11 @@ class VLMTrainingModule(L.LightningModule):
         self._last_step_time = now
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if not self._window_has_targets:
+            # Padding batches on every rank for the whole window: drop the (zero) gradients, so AdamW skips
+            # every parameter. Zero gradients would still move the weights through momentum and weight decay.
+            optimizer.zero_grad(set_to_none=True)
+            return
         grads = [p.grad for p in self.vlm.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
@@ -152,8 +167,20 @@ class VLMTrainingModule(L.LightningModule):
             self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
-        optimizer, scheduler = build_optimizer(self.vlm, self.policy, int(self.trainer.estimated_stepping_batches))
+        optimizer, scheduler = build_optimizer(self.vlm, self.policy, self._planned_optimizer_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _planned_optimizer_steps(self) -> int:
+        """The schedule's length, by Lightning's formula. Not `trainer.estimated_stepping_batches`: with
+        `max_epochs` set it builds and starts the train loader *before* a checkpoint is restored, and that
+        loader never receives its saved position (a resumed run would replay the epoch from batch 0)."""
+        trainer, datamodule = self.trainer, self.trainer.datamodule
+        if trainer.max_epochs in (None, -1) or not hasattr(datamodule, "train_batches_per_epoch"):
+            return int(trainer.estimated_stepping_batches)
+        batches, limit = datamodule.train_batches_per_epoch(), trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -172,9 +199,17 @@ class VLMTrainingModule(L.LightningModule):
         return {f"vlm.{name}" for name, param in self.vlm.named_parameters() if param.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Called on every rank (rank 0 writes): the counters go in as totals over ranks, the RNG states
+        # as one stream per rank.
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["mm"] = {"stage": self.policy.stage, "rng": _get_rng_state(), "skipped": dict(self.skipped)}
+        totals = [int(v) for v in self._skip_totals().tolist()]
+        checkpoint["mm"] = {
+            "stage": self.policy.stage,
+            "world_size": self.trainer.world_size,
+            "rng": _gather_objects(_get_rng_state(), self.trainer.world_size),
+            "skipped": dict(zip(COUNTER_NAMES, totals)),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = set(checkpoint["state_dict"])
@@ -186,8 +221,18 @@ class VLMTrainingModule(L.LightningModule):
                 f"{missing[:5]} ({len(unknown)} unknown, {len(missing)} missing)"
             )
         extra = checkpoint.get("mm", {})
-        self.skipped.update(extra.get("skipped", {}))
-        self._pending_rng = extra.get("rng")  # restored just before the next training step
+        saved_world = extra.get("world_size", 1)
+        if saved_world != self.trainer.world_size:
+            raise ValueError(
+                f"checkpoint was written by {saved_world} ranks and this run has {self.trainer.world_size}: the "
+                f"data position and RNG streams are per rank, so resume with {saved_world} ranks (or start a new "
+                "run with --model.policy.init_from on an export)"
+            )
+        # Rank 0 carries the saved totals forward, the others start from 0: their sum stays the total.
+        totals = extra.get("skipped", {}) if self.trainer.global_rank == 0 else {}
+        self.skipped = dict(zip(COUNTER_NAMES, counter_vector(totals)))
+        streams = extra.get("rng")
+        self._pending_rng = streams[self.trainer.global_rank] if isinstance(streams, list) else streams
 
     def on_fit_end(self) -> None:
         if self.trainer.interrupted:
@@ -215,6 +260,26 @@ class VLMTrainingModule(L.LightningModule):
         copy.load_state_dict({key[len("vlm."):]: value for key, value in state.items()}, strict=True)
         copy.save_pretrained(directory)
         log.info("exported the trained model (gathered from FSDP shards) to %s", directory)
+
+
+def _check_position(batch: dict, batch_idx: int, epoch: int) -> None:
+    """The loader's batch must be the one the trainer counts: anything that restarts the loader without
+    its saved position would otherwise train on the wrong data without a sign."""
+    index = batch.get("index_in_epoch")
+    if index is not None and index != batch_idx:
+        raise RuntimeError(
+            f"the training loader delivered batch {index} of epoch {epoch} where the trainer is at batch "
+            f"{batch_idx}: the loader did not resume from the checkpoint's position"
+        )
+
+
+def _gather_objects(value, world_size: int) -> list:
+    """`value` of every rank, in rank order (a collective call on every rank)."""
+    if world_size == 1:
+        return [value]
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
 
 
 def _get_rng_state() -> dict:
