@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from mm.data.module import ShardDataModule
+from mm.data.shards import ShardSourceError
 from mm.train.module import VLMTrainingModule
 
 
@@ -69,7 +70,10 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
 
 
 def main(args=None) -> None:
-    make_cli(args)
+    try:
+        make_cli(args)
+    except ShardSourceError as error:  # a data-path mistake: one line naming it, not a traceback
+        raise SystemExit(f"mm-train: error: {error}") from None
 
 
 if __name__ == "__main__":
