@@ -48,16 +48,16 @@ def parse_predictions(path: Path, *, torn_tail: bool = False) -> tuple[list[dict
     records, start = [], 0
     for number, line in enumerate(data.split(b"\n"), 1):
         end = start + len(line)
-        try:
-            if line.strip():
+        if line.strip():
+            try:
                 if torn_tail and end == len(data):
                     raise ValueError("no newline at its end")
                 records.append(_parse_line(line))
-        except ValueError as error:
-            if torn_tail and not data[end:].strip():
-                return records, start
-            where = "; not the last line, so no torn write a resume may cut off" if torn_tail else ""
-            raise PredictionFileError(f"{path}:{number}: {error}{where}") from None
+            except ValueError as error:
+                if torn_tail and not data[end:].strip():
+                    return records, start
+                where = "; it is not the last line, so not a torn write that resuming cuts off" if torn_tail else ""
+                raise PredictionFileError(f"{path}:{number}: {error}{where}") from None
         start = end + 1
     return records, len(data)
 
