@@ -162,3 +162,32 @@ def test_validation_loss_is_the_token_mean_over_the_split(tmp_path):
         total = sum(float(module(b, num_items_in_batch=1.0).loss) for b in batches)
     assert result == pytest.approx(total / sum(target_tokens(b) for b in batches), rel=1e-5)
     assert sum(len(b["keys"]) for b in batches) == len(TEXTS)
+
+
+def test_a_padding_only_step_changes_no_weight_and_logs_no_loss(tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    write_shards(tmp_path / "data", [2, 2, 1])  # 2 workers of 2 and 3 samples, batch 2: batch 2 is padding
+
+    class Snapshots(L.Callback):
+        def __init__(self):
+            self.weights, self.padding = [], []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.weights.append({n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad})
+            self.padding.append(batch["is_padding"])
+
+    snapshots = Snapshots()
+    logger = CSVLogger(tmp_path, name="logs", version=0)
+    trainer = cpu_trainer(tmp_path, max_steps=4, callbacks=[snapshots], logger=logger, log_every_n_steps=1)
+    trainer.fit(tiny_module(weight_decay=0.1), datamodule=tiny_data(tmp_path / "data", num_workers=2))
+    assert snapshots.padding == [False, False, True, False]
+    before, after = snapshots.weights[1], snapshots.weights[2]
+    assert all(torch.equal(before[name], after[name]) for name in before)  # no momentum, no weight decay
+    assert any(not torch.equal(after[n], snapshots.weights[3][n]) for n in after)  # the next real step moves
+    rows = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = {int(r.split(",")[header.index("step")]): r.split(",")[header.index("train/loss")] for r in rows[1:]
+              if r.split(",")[header.index("train/loss")]}
+    assert sorted(losses) == [0, 1, 3] and all(float(v) > 0 for v in losses.values())

@@ -38,6 +38,7 @@ class VLMTrainingModule(L.LightningModule):
         policy: TrainingPolicy = TrainingPolicy(),
         export_dir: str | None = None,
         trust_remote_code: bool = False,
+        overwrite_export: bool = False,
     ):
         """A vision-language model and how to train it.
 
@@ -46,12 +47,14 @@ class VLMTrainingModule(L.LightningModule):
             policy: Training stage, learning rates, schedule, LoRA and initialisation.
             export_dir: Where fit writes the final `save_pretrained` directory; None = `<default_root_dir>/export`.
             trust_remote_code: Allow code shipped with hub models to run (off by default).
+            overwrite_export: Export into an existing folder that is not an earlier export (only the export's files are replaced).
         """
         super().__init__()
         self.model_config = model
         self.policy = policy
         self.export_dir = export_dir
         self.trust_remote_code = trust_remote_code
+        self.overwrite_export = overwrite_export
         self.vlm = None
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
         self.skipped = dict.fromkeys(COUNTER_NAMES, 0)  # this rank's counts (a checkpoint holds the totals)
@@ -128,6 +131,8 @@ class VLMTrainingModule(L.LightningModule):
             window_loss = self._reduce_sum(self._window_loss.to(self.device))
             if self._window_has_targets:
                 self.log("train/loss", window_loss, prog_bar=True, on_step=True)
+            else:
+                self._forget_logged("on_train_batch_end", "train/loss")
             self._window_loss = torch.zeros((), device=self.device)
 
     def _count(self, batch: dict) -> None:
@@ -159,12 +164,20 @@ class VLMTrainingModule(L.LightningModule):
             # Padding batches on every rank for the whole window: drop the (zero) gradients, so AdamW skips
             # every parameter. Zero gradients would still move the weights through momentum and weight decay.
             optimizer.zero_grad(set_to_none=True)
-            return
+            self._forget_logged("on_before_optimizer_step", "train/grad_norm")
         grads = [p.grad for p in self.vlm.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
         for group in optimizer.param_groups:
             self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
+
+    def _forget_logged(self, hook: str, name: str) -> None:
+        """Lightning logs a step metric's last value again at every later step of the epoch; a step that has
+        no value for it (a padding-only window) must show none, not the previous step's."""
+        results = self.trainer._results  # no public API removes one logged value
+        key = f"{hook}.{name}"
+        if results is not None and key in results:
+            results[key].reset()
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.vlm, self.policy, self._planned_optimizer_steps())
@@ -233,6 +246,20 @@ class VLMTrainingModule(L.LightningModule):
         self.skipped = dict(zip(COUNTER_NAMES, counter_vector(totals)))
         streams = extra.get("rng")
         self._pending_rng = streams[self.trainer.global_rank] if isinstance(streams, list) else streams
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # a folder the export would refuse must fail now, not after the training
+            self.check_export_dir()
+
+    def check_export_dir(self) -> None:
+        """Raise ExportTargetError if the export at the end of fit could destroy this run or a user's files."""
+        from mm.export_target import check_export_target
+
+        trainer = self.trainer
+        sources = [trainer.default_root_dir, trainer.log_dir, self.policy.init_from, self.policy.init_projector_from,
+                   *(callback.dirpath for callback in trainer.checkpoint_callbacks)]
+        check_export_target(self.export_dir or Path(trainer.default_root_dir) / "export", sources=sources,
+                            overwrite=self.overwrite_export, option="--model.overwrite_export true")
 
     def on_fit_end(self) -> None:
         if self.trainer.interrupted:
