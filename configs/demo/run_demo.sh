@@ -26,9 +26,9 @@ train_stage() {  # name config train_shards_json
     return
   fi
   local resume=()
-  if ls "$root"/logs/version_*/checkpoints/last.ckpt >/dev/null 2>&1; then
-    resume=(--ckpt_path "$(ls -t "$root"/logs/version_*/checkpoints/last.ckpt | head -n 1)")
-    stamp "$name: resuming from ${resume[1]}"
+  if [ -f "$root/checkpoints/last.ckpt" ]; then
+    resume=(--ckpt_path last)  # mm-train finds the run's newest last*.ckpt
+    stamp "$name: resuming from its last checkpoint"
   fi
   stamp "$name: mm-train fit --config $config"
   mm-train fit --config "$config" \
