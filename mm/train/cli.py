@@ -9,12 +9,14 @@ The resolved config is written next to the logs/checkpoints (`config.yaml`).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
+from mm.export_target import ExportTargetError
 from mm.train.module import VLMTrainingModule
 
 
@@ -74,6 +76,9 @@ def main(args=None) -> None:
         make_cli(args)
     except ShardSourceError as error:  # a data-path mistake: one line naming it, not a traceback
         raise SystemExit(f"mm-train: error: {error}") from None
+    except ExportTargetError as error:  # refused when fit starts; rc 2 like the other CLIs' usage errors
+        print(f"mm-train: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
