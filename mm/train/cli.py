@@ -18,11 +18,21 @@ from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
 from mm.train.module import VLMTrainingModule
+from mm.train.strategies import UnsupportedStrategy, check_strategy
 
 
 class MMTrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.use_distributed_sampler": False})
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        if self.subcommand == "fit":  # before the Trainer is built: Lightning refuses FSDP on CPU and DeepSpeed
+            check_strategy(config.trainer.strategy, config.model.policy)  # when absent, naming no working fix
+        if config.get("weights_only") is None:  # explicit, whatever torch's default: never unpickle code
+            config.weights_only = True
 
     def before_fit(self) -> None:
         run_checkpoints_in_one_folder(self.trainer)
@@ -74,7 +84,7 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
 def main(args=None) -> None:
     try:
         make_cli(args)
-    except ShardSourceError as error:  # a data-path mistake: one line naming it, not a traceback
+    except (ShardSourceError, UnsupportedStrategy) as error:  # a data-path or strategy mistake: one line, no traceback
         raise SystemExit(f"mm-train: error: {error}") from None
     except ExportTargetError as error:  # refused when fit starts; rc 2 like the other CLIs' usage errors
         print(f"mm-train: error: {error}", file=sys.stderr)

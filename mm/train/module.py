@@ -24,8 +24,9 @@ from mm.data.batching import packed_attention_mask
 from mm.data.module import target_tokens
 from mm.data.skips import COUNTER_NAMES, PADDING_BATCHES, counter_vector
 from mm.train.init import build_for_stage, merge_lora
-from mm.train.optim import build_optimizer
+from mm.train.optim import build_optimizer, clip_grad_norm_global, global_grad_norm
 from mm.train.policy import TrainingPolicy
+from mm.train.strategies import check_strategy, grad_shard_group
 from mm.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,21 @@ class VLMTrainingModule(L.LightningModule):
             # every parameter. Zero gradients would still move the weights through momentum and weight decay.
             optimizer.zero_grad(set_to_none=True)
             self._forget_logged("on_before_optimizer_step", "train/grad_norm")
-        grads = [p.grad for p in self.vlm.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+        strategy = self.trainer.strategy
+        if self._window_has_targets and not isinstance(strategy, DeepSpeedStrategy):  # ZeRO holds the grads itself
+            grads = [p.grad for p in self.vlm.parameters() if p.grad is not None]
+            norm = global_grad_norm(grads, grad_shard_group(strategy), self.device)  # FSDP: every rank sums
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         for group in optimizer.param_groups:
             self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, FSDPStrategy) or not gradient_clip_val or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        # Lightning's FSDP plugin refuses clipping by norm (each rank holds only shards): clip by the global norm
+        grads = [p.grad for p in self.vlm.parameters() if p.grad is not None]
+        clip_grad_norm_global(grads, gradient_clip_val, grad_shard_group(strategy), self.device)
 
     def _forget_logged(self, hook: str, name: str) -> None:
         """Lightning logs a step metric's last value again at every later step of the epoch; a step that has
@@ -249,6 +260,7 @@ class VLMTrainingModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # a folder the export would refuse must fail now, not after the training
+            check_strategy(self.trainer.strategy, self.policy)  # before configure_model builds anything
             self.check_export_dir()
 
     def check_export_dir(self) -> None:
