@@ -35,7 +35,7 @@ def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os
     target = Path(target).resolve()
     sources = [Path(source).resolve() for source in sources if source]
     if target in sources:
-        raise ExportTargetError(f"{target} is the source of the export; choose another output folder")
+        raise ExportTargetError(f"{target} is what the export is made from (checkpoint or run folder); choose another output folder")
     if not target.exists():
         return target
     if not target.is_dir():
