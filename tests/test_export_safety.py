@@ -75,7 +75,7 @@ def test_a_training_run_folder_is_refused(tmp_path, checkpoint, capsys):
 def test_the_source_itself_is_refused_even_with_overwrite(checkpoint, capsys):
     before = snapshot(checkpoint)
     assert export_main(["hf-llava", str(checkpoint), str(checkpoint), "--overwrite"]) == 2
-    one_error_line(capsys.readouterr().err, str(checkpoint), "source")
+    one_error_line(capsys.readouterr().err, str(checkpoint), "is what the export is made from")
     assert snapshot(checkpoint) == before
 
 
