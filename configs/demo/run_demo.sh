@@ -3,20 +3,39 @@
 # the held-out synthetic splits -> accuracy per question type next to chance. CPU only, tiny model.
 # Re-running skips finished steps (each step's output is written atomically when it completes) and resumes
 # an interrupted training stage from its last checkpoint.
+#
+# Knobs (environment): DEMO_SEED (training seed: init, shuffling; default 0), DEMO_NUM_TRAIN / DEMO_NUM_EVAL
+# (synthetic scenes, default 6000 / 300), DEMO_MAX_STEPS (cut each stage short; default: the recipes' epochs),
+# DEMO_TRAIN_ARGS (more mm-train options for both stages, e.g. "--trainer.log_every_n_steps 1").
 set -euo pipefail
 
 DIR="${1:-demo_out}"
+SEED="${DEMO_SEED:-0}"
+NUM_TRAIN="${DEMO_NUM_TRAIN:-6000}"
+NUM_EVAL="${DEMO_NUM_EVAL:-300}"
+MAX_STEPS="${DEMO_MAX_STEPS:--1}"
+read -r -a TRAIN_ARGS <<< "${DEMO_TRAIN_ARGS:-}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."  # the configs name the tiny model's assets relative to the repository root
 mkdir -p "$DIR"
 START=$(date +%s)
 stamp() { echo "[demo $(( $(date +%s) - START ))s] $*"; }
 
+# The same bits on every run and every x86-64 machine with AVX2: a fixed thread count, and the AVX2 code
+# paths of ATen, MKL (its conditional numerical reproducibility mode) and oneDNN instead of whatever the CPU
+# offers. Float results differ in the last bits between those paths, and over thousands of steps the demo
+# turns last bits into different models (BENCHMARKS.md, "demo reproducibility"). Set any of them to override.
+if [ "$(uname -m)" = "x86_64" ]; then
+  export ATEN_CPU_CAPABILITY="${ATEN_CPU_CAPABILITY:-avx2}" MKL_CBWR="${MKL_CBWR:-AVX2}" \
+         DNNL_MAX_CPU_ISA="${DNNL_MAX_CPU_ISA:-AVX2}"
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
 if [ -f "$DIR/synth/synth.json" ]; then
   stamp "synthetic data already in $DIR/synth"
 else
   stamp "mm-prep synth -> $DIR/synth"
-  mm-prep synth --out "$DIR/synth" --num-train 6000 --num-eval 300 --max-objects 2
+  mm-prep synth --out "$DIR/synth" --num-train "$NUM_TRAIN" --num-eval "$NUM_EVAL" --max-objects 2
 fi
 
 train_stage() {  # name config train_shards_json
@@ -34,7 +53,10 @@ train_stage() {  # name config train_shards_json
   mm-train fit --config "$config" \
     --trainer.default_root_dir "$root" --trainer.logger.init_args.save_dir "$root" \
     --trainer.enable_progress_bar false \
-    --model.export_dir "$root/export" --data.train_shards "$shards" "${@:4}" "${resume[@]}"
+    --model.export_dir "$root/export" --data.train_shards "$shards" \
+    --seed_everything "$SEED" --model.policy.init_seed "$SEED" --data.seed "$SEED" \
+    --trainer.max_steps "$MAX_STEPS" "${TRAIN_ARGS[@]}" "${@:4}" "${resume[@]}"
+  stamp "$name: trained"
 }
 
 train_stage stage1 configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]"
