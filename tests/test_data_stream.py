@@ -115,17 +115,24 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     bad_json = {"json": b"{oops", "img0.png": png_bytes()}
     truncated = caption_record("cut", "red", text="word " * 200)  # cut after its image: kept
     image_too_late = caption_record("late", "red", prompt="word " * 200)
+    two_placeholders = caption_record("two", "red", prompt="<image>\n")  # 2 placeholders, 1 image
+    user_role = caption_record("user", "red")
+    meta = json.loads(user_role["json"])
+    meta["conversations"][0]["from"] = "user"  # mm-prep rejects it: so does training (one contract)
+    user_role["json"] = json.dumps(meta).encode()
     write_tar(tmp_path / "s-0.tar", {"good": good, "badimg": bad_image, "missing": missing,
-                                      "badjson": bad_json, "cut": truncated, "late": image_too_late})
-    (tmp_path / "sizes.json").write_text(json.dumps({"s-0.tar": 6}))
-    batches = run_rank(dataset([ShardSource(str(tmp_path))], max_length=60, batch_size=5, shuffle=False,
+                                      "badjson": bad_json, "cut": truncated, "late": image_too_late,
+                                      "two": two_placeholders, "user": user_role})
+    (tmp_path / "sizes.json").write_text(json.dumps({"s-0.tar": 8}))
+    batches = run_rank(dataset([ShardSource(str(tmp_path))], max_length=60, batch_size=7, shuffle=False,
                               template="vicuna_v1"), 0)
     skipped = Counter()
     for batch in batches:
         skipped.update(batch["skipped"])
     assert keys_of(batches) == ["good", "cut"]
     assert batches[0]["input_ids"].shape == (2, 60)
-    assert skipped == {"bad_image": 1, "missing_image": 1, "bad_json": 1, "too_long": 1}
+    assert skipped == {"bad_image": 1, "missing_image": 1, "bad_json": 1, "too_long": 1, "image_mismatch": 1,
+                       "bad_conversation": 1}
 
 
 def test_truncated_shard_counts_lost_samples(tmp_path):

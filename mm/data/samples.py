@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mm.chat import ConversationError, SampleTooLong, encode_conversation
+from mm.chat import IMAGE_COUNT_MISMATCH, ConversationError, SampleTooLong, encode_conversation
 from mm.data.skips import SkipReason
 from mm.transforms import ImageTransform
 
@@ -59,13 +59,13 @@ class SampleDecoder:
                 tokens_per_image=self.tokens_per_image,
                 image_token=self.image_token,
                 max_length=self.max_length,
+                num_images=len(image_names),
             )
         except SampleTooLong as error:
             raise SkipSample(SkipReason.TOO_LONG, f"{key}: {error}") from error
-        except ConversationError as error:
-            raise SkipSample(SkipReason.BAD_CONVERSATION, f"{key}: {error}") from error
-        if encoded.num_images != len(image_names):
-            raise SkipSample(SkipReason.IMAGE_MISMATCH, f"{key}: {encoded.num_images} placeholders, {len(image_names)} images")
+        except ConversationError as error:  # the rules mm-prep applies, with the same reasons
+            reason = SkipReason.IMAGE_MISMATCH if error.reason == IMAGE_COUNT_MISMATCH else SkipReason.BAD_CONVERSATION
+            raise SkipSample(reason, f"{key}: {error.reason}: {error}") from error
         images = [self._image(record, name, key) for name in image_names]
         return Sample(encoded.input_ids, encoded.labels, images, key)
 
