@@ -270,13 +270,16 @@ class VLMTrainingModule(L.LightningModule):
         trainer = self.trainer
         sources = [trainer.default_root_dir, trainer.log_dir, self.policy.init_from, self.policy.init_projector_from,
                    *(callback.dirpath for callback in trainer.checkpoint_callbacks)]
-        check_export_target(self.export_dir or Path(trainer.default_root_dir) / "export", sources=sources,
-                            overwrite=self.overwrite_export, option="--model.overwrite_export true")
+        check_export_target(self._export_path(), sources=sources, overwrite=self.overwrite_export,
+                            option="--model.overwrite_export true")
+
+    def _export_path(self) -> Path:
+        return Path(self.export_dir or Path(self.trainer.default_root_dir) / "export")
 
     def on_fit_end(self) -> None:
         if self.trainer.interrupted:
             return
-        directory = Path(self.export_dir or Path(self.trainer.default_root_dir) / "export")
+        directory = self._export_path()
         if isinstance(self.trainer.strategy, FSDPStrategy):
             self._export_gathered(directory)
         elif self.trainer.global_rank == 0:
@@ -287,8 +290,6 @@ class VLMTrainingModule(L.LightningModule):
     def _export_gathered(self, directory: Path) -> None:
         """Sharded parameters: gather the full state on rank 0 (a collective call on every rank) and write
         it through an unsharded copy of the model built without weights."""
-        if self.policy.stage == "lora":
-            raise NotImplementedError("export of LoRA runs under FSDP: use ddp or deepspeed_stage_2 for LoRA")
         from mm.builder import build_vlm
         from mm.checkpoint import resolved_config
 
