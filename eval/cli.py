@@ -83,12 +83,11 @@ def cmd_score(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from eval.pipeline import compare_runs
-    from mm.atomic import write_text_atomic
+    from eval.pipeline import compare_runs, write_output_file
 
     table = compare_runs(args.run_dirs)
     if args.out:
-        write_text_atomic(args.out, table)
+        write_output_file(args.out, table)
     print(table, end="")
 
 
@@ -97,7 +96,8 @@ def cmd_suite(args) -> None:
     from mm.atomic import write_text_atomic
     from eval.suite import load_suite
 
-    entries = [(name, task, build_options(task, values)) for name, task, values in load_suite(args.config, args.data)]
+    entries = [(name, task, build_options(task, values, f"{args.config} entry {name!r}"))
+               for name, task, values in load_suite(args.config, args.data)]
     model, dtype, settings, device, ranks = _prepare_model(args)
     out = Path(args.out)
     for name, task, options in entries:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,31 @@ from mm.atomic import write_json_atomic, write_text_atomic
 from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype
 from eval.scoring.evaluate import score_predictions
 from eval.tasks import get_task
-from eval.tasks.base import TaskDataError, file_options
+from eval.tasks.base import TaskDataError, file_options, json_object
 
 log = logging.getLogger(__name__)
 # Settings that must match when a run directory is resumed (answers of mixed settings are not one run).
 RESUME_KEYS = ("task", "data", "checkpoint", "prompt_template", "max_new_tokens", "dtype")
 
 
-def build_options(task_name: str, values: dict[str, Any]):
-    """The task's options dataclass from a mapping; unknown or missing keys are clear errors."""
+def build_options(task_name: str, values: dict[str, Any], where: str | None = None):
+    """The task's options dataclass from a mapping (CLI flags or a suite entry, named by `where`); unknown
+    or missing keys and values that are not strings are clear errors."""
+    where = where or f"task {task_name}"
     task = get_task(task_name)
     known = {f.name for f in fields(task.options_type)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise TaskDataError(f"task {task_name}: unknown options {unknown}; valid: {sorted(known)}")
-    try:
-        return task.options_type(**values)
-    except TypeError as error:
-        raise TaskDataError(f"task {task_name}: {error}") from None
+        raise TaskDataError(f"{where}: unknown options {unknown}; valid: {sorted(known)}")
+    missing = [f.name for f in fields(task.options_type) if f.default is MISSING and f.name not in values]
+    if missing:
+        raise TaskDataError(f"{where}: missing options {missing}")
+    # Every option is a path, pattern or list in one string; YAML may give a number or, for an unquoted
+    # `{data_id}`, a mapping, which would fail deep in a reader after the model is loaded.
+    not_text = {k: v for k, v in values.items() if not isinstance(v, str)}
+    if not_text:
+        raise TaskDataError(f"{where}: options must be strings (quote them in YAML), got {not_text}")
+    return task.options_type(**values)
 
 
 def read_questions(task_name: str, options) -> list:
@@ -99,12 +106,30 @@ def pick_device(requested: str | None, ranks: Ranks) -> str:
     return device
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object mm-eval wrote (run.json, metrics.json); a damaged or foreign file is an error naming it."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
+        raise TaskDataError(f"{path}: not a readable {what} ({error})") from None
+    return json_object(value, f"{path} ({what})")
+
+
+def write_output_file(path: str | Path, text: str, option: str = "--out") -> None:
+    """Write a file the user named: a folder in its place or a parent that cannot be created is an error."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as error:
+        raise TaskDataError(f"{option} {path}: cannot write the file ({error.strerror})") from None
+
+
 def _check_resumable(out_dir: Path, record: dict) -> None:
     previous_file = out_dir / "run.json"
     if not previous_file.exists():
         return
-    previous = json.loads(previous_file.read_text(encoding="utf-8"))
-    changed = [k for k in RESUME_KEYS if previous.get("resume", {}).get(k) != record["resume"][k]]
+    previous = read_json_object(previous_file, "run record")
+    resume = json_object(previous.get("resume", {}), f"{previous_file} (run record) resume")
+    changed = [k for k in RESUME_KEYS if resume.get(k) != record["resume"][k]]
     if changed:
         raise TaskDataError(f"{out_dir} holds a run with different {changed}; use a new --out to keep answers apart")
 
@@ -162,7 +187,7 @@ def find_metrics(run_dir: Path) -> dict[str, dict]:
         raise TaskDataError(f"no metrics.json in {run_dir} or its sub-folders")
     found = {}
     for path in files:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        metrics = read_json_object(path, "metrics")
         name = path.parent.name if path.parent != run_dir else metrics.get("task", run_dir.name)
         found[name] = metrics
     return found

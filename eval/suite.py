@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from eval.tasks.base import TaskDataError
+from eval.tasks import TASKS
+from eval.tasks.base import TaskDataError, read_text
 
 log = logging.getLogger(__name__)
 DATA_PLACEHOLDER = "{data}"
@@ -22,6 +23,14 @@ def _substitute(value: Any, data: str | None, where: str) -> Any:
     return value
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message is several lines quoting "<unicode string>"; keep one: where and what."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def load_suite(path: str | Path, data: str | None = None) -> list[tuple[str, str, dict]]:
     """[(run name, task name, task options)] of a suite YAML:
 
@@ -31,16 +40,21 @@ def load_suite(path: str | Path, data: str | None = None) -> list[tuple[str, str
         questions: /path/...   # the task's data options; "{data}" is replaced by --data
     """
     path = Path(path)
-    if not path.is_file():
-        raise TaskDataError(f"suite file not found: {path} (given by --config)")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    entries = spec.get("tasks")
+    text = read_text(path, "config")  # a missing file or bytes that are not UTF-8: an error naming it
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise TaskDataError(f"{path} (--config): not valid YAML: {_yaml_problem(error)}") from None
+    entries = spec.get("tasks") if isinstance(spec, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise TaskDataError(f"{path}: expected a non-empty 'tasks:' list")
+        raise TaskDataError(f"{path}: expected a mapping with a non-empty 'tasks:' list")
     runs, names = [], set()
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or "task" not in entry:
             raise TaskDataError(f"{path}: tasks entry {number} needs a 'task:' key")
+        if not isinstance(entry["task"], str) or entry["task"] not in TASKS:
+            raise TaskDataError(f"{path}: tasks entry {number}: unknown task {entry['task']!r}; "
+                                f"valid tasks: {', '.join(sorted(TASKS))}")
         options = {k: _substitute(v, data, f"{path} entry {number} option {k}") for k, v in entry.items()
                    if k not in ("task", "name")}
         name = str(entry.get("name", entry["task"]))

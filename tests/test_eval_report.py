@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from eval.cli import main
 from eval.pipeline import compare_runs
 from eval.report import metrics_markdown
 from mm.atomic import write_json_atomic
@@ -32,3 +35,22 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"x": 2})
     assert json.loads((tmp_path / "m.json").read_text()) == {"x": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+@pytest.mark.parametrize("content, error", [
+    (b'{"task": "vqav2", "overall": 6', ": not a readable metrics (Expecting ',' delimiter: line 1 column 31 (char 30))"),
+    (b'{"task": "caf\xe9"}', ": not a readable metrics ('utf-8' codec can't decode byte 0xe9 in position 13: "
+                             "invalid continuation byte)"),
+    (b"[61.2]", " (metrics): expected a JSON object, got [61.2]"),
+])  # fmt: skip
+def test_compare_names_a_damaged_metrics_file(tmp_path, capsys, content, error):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_bytes(content)
+    assert main(["compare", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"mm-eval: error: {tmp_path / 'run' / 'metrics.json'}{error}\n"
+
+
+def test_compare_out_that_cannot_be_written(tmp_path, capsys):
+    write_json_atomic(tmp_path / "run" / "metrics.json", {"task": "vqav2", "overall": 61.2, "missing": 0})
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"mm-eval: error: --out {tmp_path}: cannot write the file (Is a directory)\n"

@@ -184,6 +184,17 @@ def test_run_refuses_an_out_that_is_a_file(setup, tmp_path):
     assert _run_error(setup, out) == (2, f"mm-eval: error: --out {out} is a file, not a folder\n")
 
 
+@pytest.mark.parametrize("content, error", [
+    (b'{"resume": {"task": "vqav2"', ": not a readable run record (Expecting ',' delimiter: line 1 column 28 (char 27))"),
+    (b'{"resume": 5}', " (run record) resume: expected a JSON object, got 5"),
+])  # fmt: skip
+def test_resume_names_a_damaged_run_record(setup, tmp_path, content, error):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_bytes(content)
+    assert _run_error(setup, out) == (2, f"mm-eval: error: {out / 'run.json'}{error}\n")
+
+
 def test_decompression_bomb_image_is_a_clear_error(setup, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(setup[1]["image_root"], images)

@@ -287,3 +287,57 @@ def test_duplicate_question_ids_are_an_error(tmp_path):
     opts = _options("vqav2", questions=str(questions), annotations=str(FIX / "vqav2/annotations.json"))
     with pytest.raises(TaskDataError, match="question id 420 occurs twice"):
         read_questions("vqav2", opts)
+
+
+def _cli(*argv) -> tuple[int, str]:
+    """rc and stderr of `mm-eval ARGV`; a traceback fails the test."""
+    import contextlib
+    import io
+
+    from eval.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        rc = main(list(argv))
+    return rc, stderr.getvalue()
+
+
+def test_mmbench_round_id_with_a_question_id_that_is_not_a_number(tmp_path):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"question_id": "q-0", "round_id": 0, "text": "A"}\n')
+    assert _cli("score", "--task", "mmbench", "--tsv", str(FIX / "mmbench/mmbench_dev.tsv"),
+                "--predictions", str(predictions), "--out", str(tmp_path / "out")) == \
+        (2, "mm-eval: error: --predictions: a prediction with question_id 'q-0' and round_id 0; "
+            "with a round_id both must be whole numbers\n")
+
+
+def test_mmbench_tsv_index_that_is_not_a_number(tmp_path):
+    header, row0, _ = (FIX / "mmbench/mmbench_dev.tsv").read_text().splitlines()
+    tsv = tmp_path / "bad.tsv"
+    tsv.write_text("\n".join([header, "\t".join(["zero", *row0.split("\t")[1:]])]) + "\n")
+    assert _cli("score", "--task", "mmbench", "--tsv", str(tsv), "--predictions", str(FIX / "mmbench/predictions.jsonl"),
+                "--out", str(tmp_path / "out")) == (2, f"mm-eval: error: {tsv}:2 (--tsv): index 'zero' is not a whole number\n")
+
+
+@pytest.mark.parametrize("task, content, option, message", [
+    ("seed", [{"question_id": "1"}], "--questions", "{file}: expected a JSON object, got [{{\"question_id\": \"1\"}}]"),
+    ("seed", {"questions": ["x"]}, "--questions", "{file} questions entry 1: expected a JSON object, got \"x\""),
+    ("gqa", {"q1": "x"}, "--questions", "{file} question q1: expected a JSON object, got \"x\""),
+    ("scienceqa_img", [1], "--problems", "{file} (--problems): expected a JSON object, got [1]"),
+])  # fmt: skip
+def test_data_files_of_the_wrong_shape_are_named(tmp_path, task, content, option, message):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(content))
+    extra = ["--pid-splits", str(FIX / "scienceqa/pid_splits.json")] if task == "scienceqa_img" else []
+    rc, err = _cli("score", "--task", task, option, str(data), *extra, "--predictions",
+                   str(FIX / "vqav2/predictions.jsonl"), "--out", str(tmp_path / "out"))
+    assert (rc, err) == (2, f"mm-eval: error: {message.format(file=data)}\n")
+
+
+def test_pope_line_that_is_not_an_object_is_named(tmp_path):
+    for split in ("adversarial", "popular", "random"):
+        (tmp_path / f"coco_pope_{split}.json").write_text((FIX / f"pope/coco_pope_{split}.json").read_text())
+    (tmp_path / "coco_pope_random.json").write_text('["yes"]\n')
+    assert _cli("score", "--task", "pope", "--annotation-dir", str(tmp_path), "--predictions",
+                str(FIX / "pope/predictions.jsonl"), "--out", str(tmp_path / "out")) == \
+        (2, f"mm-eval: error: {tmp_path / 'coco_pope_random.json'} record 1: expected a JSON object, got [\"yes\"]\n")

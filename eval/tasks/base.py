@@ -102,6 +102,14 @@ def load_json_lines(path: str | Path, option_name: str) -> list[dict]:
     return records
 
 
+def json_object(value: Any, where: str) -> dict:
+    """`value` if it is a JSON object; readers call `.get` on records, so a list or string there (a file of
+    the wrong shape) must be an error naming it first."""
+    if not isinstance(value, dict):
+        raise TaskDataError(f"{where}: expected a JSON object, got {json.dumps(value)[:60]}")
+    return value
+
+
 def field_of(record: dict, key: str, where: str) -> Any:
     """record[key], or a clear error saying which record in which file lacks it."""
     try:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.scoring.choice import SCIENCEQA_LETTERS, ChoiceItem, scienceqa_metrics, seed_metrics
-from eval.tasks.base import LETTER_ANSWER, Question, TaskDataError, field_of, format_options, load_json, option
+from eval.tasks.base import (LETTER_ANSWER, Question, TaskDataError, field_of, format_options, json_object, load_json,
+                             option)
 from eval.tasks.vqa import format_image_name
 
 SEED_LETTERS = ("A", "B", "C", "D")
@@ -34,17 +35,22 @@ def _scienceqa_prompt(problem: dict, where: str) -> str:
 
 def read_scienceqa(options: ScienceQAOptions) -> list[Question]:
     """The split's problems that have an image (the IMG subset LLaVA reports)."""
-    problems = load_json(options.problems, "problems")
-    splits = load_json(options.pid_splits, "pid_splits")
+    problems = json_object(load_json(options.problems, "problems"), f"{options.problems} (--problems)")
+    splits = json_object(load_json(options.pid_splits, "pid_splits"), f"{options.pid_splits} (--pid-splits)")
     if options.split not in splits:
         raise TaskDataError(f"--split {options.split!r} not in {options.pid_splits}; valid: {', '.join(sorted(splits))}")
+    if not isinstance(splits[options.split], list):
+        raise TaskDataError(f"{options.pid_splits} (--pid-splits): split {options.split!r} is not a list of problem ids")
     out = []
     for pid in splits[options.split]:
         where = f"{options.problems} problem {pid}"
-        problem = field_of(problems, pid, options.problems)
+        problem = json_object(field_of(problems, pid, options.problems), where)
         if not problem.get("image"):
             continue
-        answer = SCIENCEQA_LETTERS[field_of(problem, "answer", where)]
+        answer = field_of(problem, "answer", where)
+        if answer not in range(len(SCIENCEQA_LETTERS)):
+            raise TaskDataError(f"{where}: answer must be a choice number 0 to {len(SCIENCEQA_LETTERS) - 1}, got {answer!r}")
+        answer = SCIENCEQA_LETTERS[answer]
         truth = ChoiceItem(answer, None, len(problem["choices"]), problem.get("subject", ""))
         image = Path(options.image_root) / pid / problem["image"]
         out.append(Question(pid, _scienceqa_prompt(problem, where), (image,), truth))
@@ -67,11 +73,11 @@ class SEEDOptions:
 
 def read_seed_layout(path: str, image_root: str, image_pattern: str, option_name: str = "questions") -> list[Question]:
     """Image questions of a SEED-Bench-layout JSON; per-type breakdown uses its `question_type` names."""
-    data = load_json(path, option_name)
-    type_names = {number: name for name, number in data.get("question_type", {}).items()}
+    data = json_object(load_json(path, option_name), path)
+    type_names = {number: name for name, number in json_object(data.get("question_type", {}), path).items()}
     out = []
-    for record in field_of(data, "questions", path):
-        where = f"{path} question {record.get('question_id')}"
+    for number, record in enumerate(field_of(data, "questions", path), 1):
+        where = f"{path} question {json_object(record, f'{path} questions entry {number}').get('question_id')}"
         if field_of(record, "data_type", where) != "image":
             continue
         choices = [field_of(record, f"choice_{letter.lower()}", where) for letter in SEED_LETTERS]

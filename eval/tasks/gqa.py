@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.scoring.gqa import GQAItem, gqa_metrics
-from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, field_of, load_json, option
+from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, field_of, json_object, load_json, option
 from eval.tasks.vqa import format_image_name
 
 
@@ -26,10 +26,10 @@ def read_gqa(options: GQAOptions) -> list[Question]:
         raise TaskDataError(f"{options.questions} (--questions): expected a JSON object keyed by question id")
     out = []
     for qid, record in questions.items():
-        if not record.get("isBalanced", True):
-            continue
         where = f"{options.questions} question {qid}"
-        types = field_of(record, "types", where)
+        if not json_object(record, where).get("isBalanced", True):
+            continue
+        types = json_object(field_of(record, "types", where), f"{where} types")
         truth = GQAItem(field_of(record, "answer", where), None, types.get("structural", ""), types.get("semantic", ""))
         image_name = format_image_name(options.image_pattern, imageId=field_of(record, "imageId", where))
         image = Path(options.image_root) / image_name

@@ -35,6 +35,11 @@ def _rows(path: str) -> list[dict]:
     required = {"index", "question", "answer", "image", "A", "B"}
     if rows and not required <= set(rows[0]):
         raise TaskDataError(f"{path} (--tsv): missing columns {sorted(required - set(rows[0]))}")
+    for line, row in enumerate(rows, 2):  # line 1 is the header; QUOTE_NONE keeps a row on one line
+        if any(row[key] is None for key in required):
+            raise TaskDataError(f"{path}:{line} (--tsv): fewer columns than the header")
+        if not row["index"].strip().isdigit():
+            raise TaskDataError(f"{path}:{line} (--tsv): index {row['index']!r} is not a whole number")
     return rows
 
 
@@ -82,9 +87,13 @@ def read_mmbench(options: MMBenchOptions) -> list[Question]:
 def mmbench_prediction_id(record: dict):
     """LLaVA's `--all-rounds` answers carry `round_id` beside the source index."""
     qid = record["question_id"]
-    if "round_id" in record:
+    if "round_id" not in record:
+        return qid
+    try:
         return int(qid) + int(record["round_id"]) * ROTATION_STRIDE
-    return qid
+    except (TypeError, ValueError):  # int() of a name, a list, ...: another layout, not a crash mid-scoring
+        raise TaskDataError(f"--predictions: a prediction with question_id {qid!r} and round_id "
+                            f"{record['round_id']!r}; with a round_id both must be whole numbers") from None
 
 
 def score_mmbench(options, questions, answers) -> dict:

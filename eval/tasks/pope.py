@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.scoring.yesno import YesNoItem, pope_metrics
-from eval.tasks.base import SHORT_ANSWER, Question, TaskDataError, field_of, load_json_lines, option, require_path
+from eval.tasks.base import (SHORT_ANSWER, Question, TaskDataError, field_of, json_object, load_json_lines, option,
+                             require_path)
 
 POPE_SPLITS = ("adversarial", "popular", "random")
 
@@ -34,8 +35,8 @@ def read_pope_files(annotation_dir: str, prefix: str, image_root: str, splits: l
     out = []
     for split in splits:
         path = Path(annotation_dir) / f"{prefix}{split}.json"
-        for record in load_json_lines(path, "annotation_dir"):
-            where = f"{path} question {record.get('question_id')}"
+        for number, record in enumerate(load_json_lines(path, "annotation_dir"), 1):
+            where = f"{path} question {json_object(record, f'{path} record {number}').get('question_id')}"
             label = field_of(record, "label", where)
             if label not in ("yes", "no"):
                 raise TaskDataError(f"{where}: label must be 'yes' or 'no', got {label!r}")
