@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mm.atomic import write_text_atomic
+from mm.data.shards import has_end_of_archive, load_shard_sizes
 
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp", "tiff": "image/tiff"}
 
@@ -31,22 +32,26 @@ class ShardReadError(ValueError):
     """A shard (or its manifest) cannot be read back: truncated or corrupt."""
 
 
+class ContactSheetError(ValueError):
+    """The contact sheet cannot be written where --dump-out says."""
+
+
 def _manifest_counts(directory: Path) -> dict[str, int] | None:
     """{shard name: num_samples} from manifest.json, or None without one."""
     manifest = directory / "manifest.json"
     if not manifest.exists():
         return None
-    try:
-        return {shard["name"]: shard["num_samples"] for shard in json.loads(manifest.read_text())["shards"]}
-    except (ValueError, KeyError, TypeError) as error:
-        raise ShardReadError(f"{manifest}: not a shard manifest ({error!r})") from None
+    return load_shard_sizes(str(manifest))  # the reading training does; its errors name the manifest and entry
 
 
 def shard_paths(directory: str | Path) -> list[Path]:
     """The shards listed in manifest.json (only complete ones), else every `*.tar` in the directory."""
     directory = Path(directory)
     counts = _manifest_counts(directory)
-    return [directory / name for name in counts] if counts is not None else sorted(directory.glob("*.tar"))
+    paths = [directory / name for name in counts] if counts is not None else sorted(directory.glob("*.tar"))
+    if counts is None and not paths:  # e.g. the parent of `mm-prep synth`'s align/: say so, not "0 samples"
+        raise ShardReadError(f"{directory}: no shards here (no manifest.json, no *.tar)")
+    return paths
 
 
 def iter_shard(path: Path) -> Iterator[ShardSample]:
@@ -59,7 +64,7 @@ def iter_shard(path: Path) -> Iterator[ShardSample]:
 
 def _read_shard(path: Path) -> Iterator[ShardSample]:
     """A sample's members are contiguous, json first."""
-    with tarfile.open(path, "r") as tar:
+    with tarfile.open(path, "r:") as tar:  # plain tar, as mm-prep writes; "r" would list every codec it tried
         members: dict[str, bytes] = {}
         current = None
         for member in tar:
@@ -73,12 +78,27 @@ def _read_shard(path: Path) -> Iterator[ShardSample]:
             members[suffix] = tar.extractfile(member).read()
         if current is not None:
             yield _assemble(path.name, current, members)
+        if not has_end_of_archive(tar):  # cut at a header boundary: reads as a shorter tar, no error from tarfile
+            raise ValueError("no end-of-archive blocks after its last readable member")
+
+
+def _is_record(record) -> bool:
+    """The shape mm-prep writes and the statistics index: {conversations: [{from, value}, ...], images: [names]}.
+    Shards written by other tools may differ; they get an error naming the sample, not a KeyError."""
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        return False
+    images = record.get("images", [])
+    return (all(isinstance(m, dict) and isinstance(m.get("from"), str) and isinstance(m.get("value"), str)
+                for m in record["conversations"])
+            and isinstance(images, list) and all(isinstance(name, str) for name in images))
 
 
 def _assemble(shard: str, key: str, members: dict[str, bytes]) -> ShardSample:
     if "json" not in members:
         raise ValueError(f"sample {key!r} has no .json member")
     record = json.loads(members["json"])
+    if not _is_record(record):
+        raise ValueError(f"sample {key!r}: its .json is not a record with `conversations` [{{from, value}}, ...]")
     missing = [s for s in record.get("images", []) if s not in members]
     if missing:
         raise ValueError(f"sample {key!r} lacks image members {missing}")
@@ -184,5 +204,8 @@ def dump_contact_sheet(directory: str | Path, count: int, out: str | Path) -> in
         if len(samples) == count:
             break
         samples.append(sample)
-    write_text_atomic(out, contact_sheet(samples))
+    try:
+        write_text_atomic(out, contact_sheet(samples))
+    except OSError as error:  # a folder in its place, a parent that is a file, no permission
+        raise ContactSheetError(f"--dump-out {out}: cannot write the contact sheet ({error.strerror})") from None
     return len(samples)

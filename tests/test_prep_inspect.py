@@ -94,3 +94,56 @@ def test_inspect_names_a_truncated_shard(tmp_path, capsys, cut):
     assert main(["inspect", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"mm-prep inspect: error: {shard}: ") and "truncated" in err and len(err.splitlines()) == 1
+
+
+def _inspect_error(*argv) -> tuple[int, str]:
+    import contextlib
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["inspect", *argv])
+    return rc, err.getvalue()
+
+
+def _tar(path, records: list) -> bytes:
+    """A tar of one .json member per record, 700+ bytes each, written by tarfile (not mm-prep: no manifest)."""
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, record in enumerate(records):
+            data = json.dumps(record).encode().ljust(700)
+            info = tarfile.TarInfo(f"{i:04d}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+def test_inspect_names_a_shard_without_manifest_cut_at_a_header_boundary(tmp_path):
+    record = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    shard = tmp_path / "a.tar"
+    data = _tar(shard, [record] * 3)
+    shard.write_bytes(data[: 2 * 1536])  # 2 whole samples (header + 1024 bytes each), no end-of-archive blocks
+    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {shard}: cannot read the shard, truncated or "
+                                                "corrupt? (no end-of-archive blocks after its last readable member)\n")
+
+
+def test_inspect_a_folder_without_shards_and_a_sample_of_another_shape(tmp_path):
+    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {tmp_path}: no shards here "
+                                                "(no manifest.json, no *.tar)\n")
+    _tar(tmp_path / "a.tar", [{"id": 1, "text": "no conversations"}])
+    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {tmp_path / 'a.tar'}: cannot read the shard, "
+                                                "truncated or corrupt? (sample '0000': its .json is not a record with "
+                                                "`conversations` [{from, value}, ...])\n")
+
+
+def test_inspect_dump_out_that_is_a_folder(tmp_path):
+    _tar(tmp_path / "a.tar", [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
+    assert _inspect_error(str(tmp_path), "--dump", "1", "--dump-out", str(tmp_path)) == \
+        (1, f"mm-prep inspect: error: --dump-out {tmp_path}: cannot write the contact sheet (Is a directory)\n")
+
+
+def test_inspect_names_the_manifest_entry_without_a_sample_count(tmp_path):
+    _tar(tmp_path / "a.tar", [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"name": "a.tar"}]}))
+    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {tmp_path / 'manifest.json'}: shards entry 1 "
+                                                "(a.tar): `num_samples` must be a whole number >= 0, got nothing\n")

@@ -77,7 +77,7 @@ def resolve_source(source: ShardSource) -> ResolvedSource:
         if _is_local(item) and Path(item).is_dir():
             shards += _shards_from_directory(Path(item))
             continue
-        sizes = _load_sizes(source.manifest) if source.manifest else None
+        sizes = load_shard_sizes(source.manifest) if source.manifest else None
         shards.append(Shard(item, _count_for(item, sizes)))
     name = source.name or items[0]
     return ResolvedSource(name=name, weight=source.weight, shards=shards)
@@ -90,7 +90,7 @@ def _is_local(url: str) -> bool:
 def _shards_from_directory(directory: Path) -> list[Shard]:
     for filename in ("manifest.json", "sizes.json"):
         if (directory / filename).is_file():
-            sizes = _load_sizes(str(directory / filename))
+            sizes = load_shard_sizes(str(directory / filename))
             return [Shard(str(directory / name), count) for name, count in sorted(sizes.items())]
     tars = sorted(directory.glob("*.tar"))
     if not tars:
@@ -98,17 +98,32 @@ def _shards_from_directory(directory: Path) -> list[Shard]:
     return [Shard(str(tar), count_tar_samples(str(tar))) for tar in tars]
 
 
-def _load_sizes(path: str) -> dict[str, int]:
+def load_shard_sizes(path: str) -> dict[str, int]:
     """{shard file name: sample count} from a manifest.json (`shards: [{name, num_samples}]`) or sizes.json."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
         raise ShardSourceError(f"cannot read shard sizes from {path}: {error}") from error
     if isinstance(data, dict) and isinstance(data.get("shards"), list):
-        return {str(s["name"]): int(s["num_samples"]) for s in data["shards"]}
-    if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
-        return {str(k): int(v) for k, v in data.items()}
+        return dict(_manifest_entry(path, number, entry) for number, entry in enumerate(data["shards"], 1))
+    if isinstance(data, dict) and all(_is_count(v) for v in data.values()):
+        return {str(k): v for k, v in data.items()}
     raise ShardSourceError(f"{path} is neither a manifest.json (with `shards`) nor a sizes.json ({{name: count}})")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_entry(path: str, number: int, entry) -> tuple[str, int]:
+    """(name, num_samples) of one `shards` entry; a count read loosely would silently change what an epoch is."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ShardSourceError(f"{path}: shards entry {number} has no `name` string")
+    count = entry.get("num_samples")
+    if not _is_count(count):
+        raise ShardSourceError(f"{path}: shards entry {number} ({entry['name']}): `num_samples` must be a whole number "
+                               f">= 0, got {'nothing' if count is None else json.dumps(count)}")
+    return entry["name"], count
 
 
 def _count_for(url: str, sizes: dict[str, int] | None) -> int:
@@ -141,14 +156,32 @@ def sample_key(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), suffix
 
 
+def has_end_of_archive(tar: tarfile.TarFile) -> bool:
+    """Whether a tar read to its end closes with the two zero blocks every complete tar ends with.
+
+    tarfile stops quietly at the end of the file, so a tar cut at a 512-byte header boundary reads as a
+    shorter, valid one; only the missing end blocks tell. `tar.offset` is where the next header would be.
+    """
+    end = 2 * tarfile.BLOCKSIZE
+    tar.fileobj.seek(tar.offset)
+    return tar.fileobj.read(end) == bytes(end)
+
+
 def count_tar_samples(path: str) -> int:
-    """Number of distinct consecutive keys in a local tar (reads headers only)."""
+    """Number of distinct consecutive keys in a local tar (reads headers only); a truncated or corrupt
+    tar is a ShardSourceError naming it, not a silently smaller epoch."""
     count, last = 0, None
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _ = sample_key(member.name)
-            if key != last:
-                count, last = count + 1, key
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _ = sample_key(member.name)
+                if key != last:
+                    count, last = count + 1, key
+            complete = has_end_of_archive(tar)
+    except (tarfile.TarError, OSError) as error:
+        raise ShardSourceError(f"{path}: cannot read the tar, truncated or corrupt? ({error})") from error
+    if not complete:
+        raise ShardSourceError(f"{path}: truncated or corrupt: no end-of-archive blocks after its last readable member")
     return count
