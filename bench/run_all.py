@@ -25,6 +25,7 @@ from mm.atomic import write_text_atomic  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPTS = ("bench_dataload.py", "bench_train_step.py", "bench_eval.py", "bench_prep.py")
+CPU_ONLY = ("bench_prep.py",)  # mm-prep is a CPU job: it runs on the CPU whatever --device says
 MD_PATH = common.REPO_ROOT / "BENCHMARKS.md"
 MD_START = "<!-- figures:start (written by bench/run_all.py --write-md) -->"
 MD_END = "<!-- figures:end -->"
@@ -86,9 +87,9 @@ def _echo(stream, lines: list[str]) -> None:
         lines.append(line)
 
 
-def _script_args(args: argparse.Namespace) -> list[str]:
+def _script_args(args: argparse.Namespace, script: str) -> list[str]:
     extra = ["--quick"] if args.quick else []
-    if args.device != "cpu":
+    if args.device != "cpu" and script not in CPU_ONLY:
         extra += ["--device", args.device]
     return extra
 
@@ -145,7 +146,7 @@ def replace_figures(markdown: str, section: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="run each script's --quick mode")
-    parser.add_argument("--device", default="cpu", help="passed to every script")
+    parser.add_argument("--device", default="cpu", help="passed to every script but the CPU-only bench_prep.py")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=None, help="run only these scripts")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per script before it is killed (default: 600 with --quick, else 3600)")
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.timeout = args.timeout or (600.0 if args.quick else 3600.0)
 
-    outcomes = [run_script(s, _script_args(args), args.timeout) for s in (args.only or SCRIPTS)]
+    outcomes = [run_script(s, _script_args(args, s), args.timeout) for s in (args.only or SCRIPTS)]
     print("\n" + summary_table(outcomes))
     for outcome in outcomes:
         if outcome.status != "ok":

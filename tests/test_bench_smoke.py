@@ -124,3 +124,11 @@ def test_gpu_sizes_never_name_a_hub_model():
         assert config.vision.model_config["image_size"] == 336 and config.vision.model_config["patch_size"] == 14
     with pytest.raises(ValueError, match="valid sizes"):
         bench_train_step.build_size("qwen2-7b")
+
+
+def test_run_all_passes_the_device_only_to_scripts_that_take_one():
+    import argparse
+
+    args = argparse.Namespace(quick=True, device="cuda")
+    assert run_all._script_args(args, "bench_train_step.py") == ["--quick", "--device", "cuda"]
+    assert run_all._script_args(args, "bench_prep.py") == ["--quick"]  # a CPU job without --device
