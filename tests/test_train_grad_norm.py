@@ -72,3 +72,28 @@ def test_sharded_gradients_give_the_norm_of_the_whole_gradient():
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     flat = torch.cat([p.grad.flatten() for p in params])
     torch.testing.assert_close(torch.cat([results[r][6] for r in range(world)]), flat)
+
+
+def test_fsdp_clipping_by_norm_clips_by_the_global_norm(monkeypatch):
+    """Lightning's FSDP precision plugin refuses gradient_clip_algorithm 'norm' (the FSDP recipes clip at 1.0):
+    the module clips by the global norm itself. One rank here (FSDP needs a GPU): no shards to sum."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    import mm.train.module as module_file
+    from train_helpers import tiny_module
+
+    module = tiny_module()
+    module.configure_model()
+    generator = torch.Generator().manual_seed(0)
+    params = [p for p in module.parameters() if p.requires_grad]
+    for param in params:
+        param.grad = 10 * torch.randn(param.shape, generator=generator)
+    assert float(global_grad_norm([p.grad for p in params])) > 10
+    monkeypatch.setattr(module_file, "grad_shard_group", lambda strategy: None, raising=False)
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy(), precision_plugin=FSDPPrecision("32-true"),
+                                      gradient_clip_val=1.0, gradient_clip_algorithm=None)
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm=None)
+    assert abs(float(global_grad_norm([p.grad for p in params])) - 1.0) < 1e-4
