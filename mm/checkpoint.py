@@ -117,6 +117,6 @@ def _as_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown torch_dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:  # int8 etc.: nn.Module.to raises TypeError
+        raise ValueError(f"unknown or non-float torch_dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
     return value

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except LlavaIncompatible as err:
         print(f"mm-export: cannot export {args.checkpoint} as hf-llava: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, a folder removed or made read-only while the model loaded
+        print(f"mm-export: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     return 0
 

@@ -37,6 +37,12 @@ def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os
     if target in sources:
         raise ExportTargetError(f"{target} is what the export is made from (checkpoint or run folder); choose another output folder")
     if not target.exists():
+        # Its folder is created when the export is written, after the model load: a file where a parent
+        # folder should be, or a parent we cannot write in, must be refused now.
+        ancestor = next(parent for parent in target.parents if parent.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            kind = "is not a folder" if not ancestor.is_dir() else "is not writable"
+            raise ExportTargetError(f"{target} cannot be created: {ancestor} {kind}; choose another output folder")
         return target
     if not target.is_dir():
         raise ExportTargetError(f"{target} exists and is not a folder; choose another output folder")
