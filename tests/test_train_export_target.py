@@ -7,37 +7,12 @@ import os
 import pytest
 
 import mm
-from train_helpers import ASSET_TOKENIZER, write_shards
+from train_helpers import CSV_LOGGER, tiny_cli_config, write_shards
 
-CONFIG = """
-seed_everything: 0
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: {steps}
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs, version: 0}}
+CHECKPOINTS = """
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/checkpoints, save_last: true}}
-model:
-  model:
-    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
-    projector: {{kind: pixel_shuffle2x_mlp}}
-    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
-  policy: {{stage: finetune, lr: 1.0e-3}}
-data:
-  train_shards: [{{urls: {data}}}]
-  batch_size: 2
-  num_workers: 0
-  max_length: 64
-  template: plain
-"""
-
+      init_args: {{dirpath: {root}/checkpoints, save_last: true}}"""
 
 def fit(config, *extra) -> int:
     """mm-train fit's exit status."""
@@ -62,7 +37,7 @@ def run(tmp_path):
     write_shards(tmp_path / "data", [4])
     root = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text(CONFIG.format(steps=1, root=root, assets=ASSET_TOKENIZER.parent, data=tmp_path / "data"))
+    config.write_text(tiny_cli_config(root, tmp_path / "data", trainer=CSV_LOGGER + CHECKPOINTS))
     assert fit(config) == 0
     assert (root / "checkpoints" / "last.ckpt").is_file() and (root / "export" / "mm_config.json").is_file()
     return root, config

@@ -12,13 +12,14 @@ import mm
 from mm.data.module import target_tokens
 from mm.data.shards import ShardSource
 from train_helpers import (
-    ASSET_TOKENIZER,
+    CSV_LOGGER,
     cpu_trainer,
     recorded_batches_callback,
     reference_grads,
     tiny_data,
     tiny_module,
     write_caption_shards,
+    tiny_cli_config,
     write_shards,
 )
 
@@ -100,41 +101,13 @@ def test_resume_mid_epoch_continues_the_same_loss_curve(tmp_path):
     assert [b["keys"] for b in resumed.batches] == [b["keys"] for b in straight.batches[3:]]
 
 
-CLI_CONFIG = """
-seed_everything: 0
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: {steps}
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs, version: 0}}
-model:
-  model:
-    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
-    projector: {{kind: pixel_shuffle2x_mlp}}
-    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
-  policy: {{stage: finetune, lr: 3.0e-3, warmup_ratio: 0.1}}
-data:
-  train_shards: [{{urls: {data}}}]
-  batch_size: 4
-  num_workers: 0
-  max_length: 64
-  template: plain
-"""
-
-
 def test_cli_overfit_loss_falls_and_export_loads(tmp_path):
     from mm.train.cli import main
 
     write_shards(tmp_path / "data", [4])  # 4 samples, one batch: the model must memorise it
     config = tmp_path / "run.yaml"
-    config.write_text(CLI_CONFIG.format(steps=25, root=tmp_path / "run", assets=ASSET_TOKENIZER.parent,
-                                        data=tmp_path / "data"))
+    config.write_text(tiny_cli_config(tmp_path / "run", tmp_path / "data", steps=25, lr=3e-3, warmup=0.1,
+                                      batch_size=4, trainer="  log_every_n_steps: 1\n" + CSV_LOGGER))
     main(["fit", "--config", str(config)])
     rows = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")

@@ -15,7 +15,7 @@ import pytest
 
 from mm.train import strategies
 from mm.train.strategies import UnsupportedStrategy, check_strategy
-from train_helpers import ASSET_TOKENIZER, cpu_trainer, tiny_data, tiny_module, write_shards
+from train_helpers import cpu_trainer, tiny_cli_config, tiny_data, tiny_module, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP = "lightning.pytorch.strategies.FSDPStrategy"
@@ -79,34 +79,11 @@ def test_deepspeed_is_an_optional_extra_and_torch_loads_weights_only_by_default(
     assert "torch>=2.6,<2.15" in project["dependencies"] and "torchvision>=0.21,<0.30" in project["dependencies"]
 
 
-CONFIG = """
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: 1
-  logger: false
-  enable_progress_bar: false
-  default_root_dir: {root}
-model:
-  model:
-    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
-    projector: {{kind: pixel_shuffle2x_mlp}}
-    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
-  policy: {{stage: lora, lr: 1.0e-3}}
-data:
-  train_shards: [{{urls: {data}}}]
-  batch_size: 2
-  num_workers: 0
-  max_length: 64
-  template: plain
-"""
-
-
 @pytest.fixture
 def tiny_config(tmp_path):
     write_shards(tmp_path / "data", [2])
     config = tmp_path / "run.yaml"
-    config.write_text(CONFIG.format(root=tmp_path / "run", assets=ASSET_TOKENIZER.parent, data=tmp_path / "data"))
+    config.write_text(tiny_cli_config(tmp_path / "run", tmp_path / "data", stage="lora"))
     return config
 
 

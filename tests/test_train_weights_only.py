@@ -12,33 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import ASSET_TOKENIZER, write_shards
+from train_helpers import tiny_cli_config, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-
-CONFIG = """
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: 2
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {root}
-model:
-  model:
-    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
-    projector: {{kind: pixel_shuffle2x_mlp}}
-    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
-  policy: {{stage: finetune, lr: 1.0e-3}}
-data:
-  train_shards: [{{urls: {data}}}]
-  batch_size: 2
-  num_workers: 0
-  max_length: 64
-  template: plain
-"""
-
 
 class Payload:
     """Unpickling this runs os.mkdir(marker): what a crafted checkpoint could run instead."""
@@ -58,7 +34,7 @@ def test_fit_ckpt_path_refuses_a_checkpoint_that_unpickles_code(tmp_path, monkey
 
     write_shards(tmp_path / "data", [2])
     config = tmp_path / "run.yaml"
-    config.write_text(CONFIG.format(root=tmp_path / "run", assets=ASSET_TOKENIZER.parent, data=tmp_path / "data"))
+    config.write_text(tiny_cli_config(tmp_path / "run", tmp_path / "data", steps=2))
     marker = tmp_path / "code_ran"
     evil = tmp_path / "run" / "checkpoints" / "last.ckpt"
     evil.parent.mkdir(parents=True)

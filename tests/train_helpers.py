@@ -158,3 +158,40 @@ class SigkillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+TINY_CLI_CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: {steps}
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+{trainer}
+model:
+  model:
+    vision: {{kind: hf_clip, name_or_path: {assets}/configs/hf_clip.json}}
+    projector: {{kind: pixel_shuffle2x_mlp}}
+    llm: {{name_or_path: {assets}/configs/llama.json, tokenizer: {assets}/tokenizer}}
+  policy: {{stage: {stage}, lr: {lr}, warmup_ratio: {warmup}}}
+data:
+  train_shards: [{{urls: {data}}}]
+  batch_size: {batch_size}
+  num_workers: 0
+  max_length: 64
+  template: plain
+"""
+
+CSV_LOGGER = """  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {root}, name: logs, version: 0}}"""
+
+
+def tiny_cli_config(root: Path, data: Path, *, steps: int = 1, stage: str = "finetune", lr: float = 1e-3,
+                    warmup: float = 0.0, batch_size: int = 2, trainer: str = "  logger: false") -> str:
+    """An `mm-train fit --config` YAML for the tiny offline model; `trainer` = more lines of the trainer
+    section (default: no logger; `CSV_LOGGER` logs to `<root>/logs/version_0`)."""
+    return TINY_CLI_CONFIG.format(steps=steps, root=root, data=data, assets=ASSET_TOKENIZER.parent, stage=stage,
+                                  lr=lr, warmup=warmup, batch_size=batch_size, trainer=trainer.format(root=root))
