@@ -103,7 +103,7 @@ def test_torch_dtype_on_load(tmp_path):
     model = mm.load_pretrained(tmp_path / "ckpt", torch_dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert logits_of(model).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown torch_dtype 'float99'"):
+    with pytest.raises(ValueError, match="unknown or non-float torch_dtype 'float99'"):
         mm.load_pretrained(tmp_path / "ckpt", torch_dtype="float99")
 
 

@@ -97,14 +97,14 @@ def tiny_config(tmp_path):
         (["--trainer.strategy", "deepspeed_stage_2"], "deepspeed is not installed: pip install 'mm[deepspeed]'"),
     ],
 )
-def test_mm_train_fit_refuses_before_building_anything(tiny_config, tmp_path, extra, message, monkeypatch):
+def test_mm_train_fit_refuses_before_building_anything(tiny_config, tmp_path, extra, message, monkeypatch, capsys):
     from mm.train.cli import main
 
     monkeypatch.setattr(strategies, "deepspeed_installed", lambda: False)
     started = time.perf_counter()
     with pytest.raises(SystemExit) as refused:
         main(["fit", "--config", str(tiny_config), *extra])
-    assert message in str(refused.value.code)
+    assert refused.value.code == 2 and message in capsys.readouterr().err
     assert time.perf_counter() - started < 10 and not (tmp_path / "run").exists()
 
 
@@ -126,7 +126,7 @@ def test_deepspeed_recipe_without_deepspeed_is_a_one_line_hint():
     done = subprocess.run([sys.executable, "-m", "mm.train.cli", "fit", "--config",
                            str(ROOT / "configs" / "llava15" / "stage2_lora.yaml")],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "deepspeed is not installed: pip install 'mm[deepspeed]'" in done.stderr
     assert "Traceback" not in done.stderr
 

@@ -84,9 +84,9 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
 def main(args=None) -> None:
     try:
         make_cli(args)
-    except (ShardSourceError, UnsupportedStrategy) as error:  # a data-path or strategy mistake: one line, no traceback
-        raise SystemExit(f"mm-train: error: {error}") from None
-    except ExportTargetError as error:  # refused when fit starts; rc 2 like the other CLIs' usage errors
+    except (ShardSourceError, UnsupportedStrategy, ExportTargetError) as error:
+        # a mistake in the data, strategy or export options, found before training: one line, no traceback,
+        # rc 2 like the other CLIs' usage errors
         print(f"mm-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
