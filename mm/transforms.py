@@ -58,31 +58,33 @@ class ImageTransform:
     def square(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) -> uint8 (3, image_size, image_size), by this transform's mode.
 
-        Resizing is antialiased bicubic on uint8 (torch's kernel, within a fraction of a level of PIL's
-        and several times faster). ``pad`` resizes first and pads after: the same picture as LLaVA's
-        pad-then-resize, without resizing the padding.
+        Each mode computes exactly what transformers' LlavaImageProcessor (torchvision backend, the
+        default) does with the settings ``mm.hf_processor`` exports, so an exported model sees the
+        same pixels: antialiased bicubic on uint8 (torch's kernel, which torchvision uses on CPU);
+        ``pad`` pads first, then resizes the square (LLaVA's expand2square); ``crop`` truncates the
+        long side (``int(size * long / short)``) before the centre crop.
         """
         size = self.image_size
         _, height, width = pixels.shape
         if self.mode == "resize":
             return _resize(pixels, size, size)
         if self.mode == "crop":
-            scale = size / min(width, height)
-            resized = _resize(pixels, max(size, round(height * scale)), max(size, round(width * scale)))
+            short, long = min(width, height), max(width, height)
+            long = int(size * long / short)  # transformers' (and CLIP's) rounding, not round()
+            resized = _resize(pixels, *((long, size) if width <= height else (size, long)))
             top, left = (resized.shape[1] - size) // 2, (resized.shape[2] - size) // 2
             return resized[:, top : top + size, left : left + size].contiguous()
-        scale = size / max(width, height)
-        resized = _resize(pixels, max(1, round(height * scale)), max(1, round(width * scale)))
-        out = torch.empty((3, size, size), dtype=torch.uint8)
-        out[:] = torch.tensor(self.background, dtype=torch.uint8).view(3, 1, 1)
-        top, left = (size - resized.shape[1]) // 2, (size - resized.shape[2]) // 2
-        out[:, top : top + resized.shape[1], left : left + resized.shape[2]] = resized
-        return out
+        side = max(width, height)
+        square = torch.empty((3, side, side), dtype=torch.uint8)
+        square[:] = torch.tensor(self.background, dtype=torch.uint8).view(3, 1, 1)
+        top, left = (side - height) // 2, (side - width) // 2
+        square[:, top : top + height, left : left + width] = pixels
+        return _resize(square, size, size)
 
     @property
     def background(self) -> tuple[int, int, int]:
-        """The mean colour in 0-255 levels, as LLaVA-1.5 pads with."""
-        return tuple(int(round(c * 255)) for c in self.mean)
+        """The mean colour in 0-255 levels, truncated as LLaVA-1.5 (``int(x * 255)``) and transformers pad."""
+        return tuple(int(c * 255) for c in self.mean)
 
     def load(self, source: bytes | str | Path) -> torch.Tensor:
         """Bytes or a file -> uint8 tensor (3, image_size, image_size)."""

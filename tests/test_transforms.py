@@ -34,7 +34,8 @@ def test_pad_is_llava_expand2square_with_mean_colour_then_resize():
     transform = ImageTransform(48, CLIP_MEAN, CLIP_STD, mode="pad", draft=False)
     out = transform(image)
     assert out.dtype == torch.uint8 and out.shape == (3, 48, 48)
-    background = torch.tensor([round(c * 255) for c in CLIP_MEAN], dtype=torch.uint8)
+    background = torch.tensor([int(c * 255) for c in CLIP_MEAN], dtype=torch.uint8)  # LLaVA truncates
+    assert background.tolist() == [122, 116, 104]
     assert torch.equal(out[:, 0, 0], background) and torch.equal(out[:, -1, -1], background)
     reference = llava_expand2square_then_resize(image, transform.background, 48)
     assert (out.float() - reference.float()).abs().mean() < 1.0
@@ -51,6 +52,15 @@ def test_crop_and_resize_modes_shapes_and_content():
     assert (crop.float() - reference.float()).abs().mean() < 1.0
     resized = ImageTransform(16, CLIP_MEAN, CLIP_STD, mode="resize", draft=False)(image)
     assert resized.shape == (3, 16, 16)
+
+
+def test_crop_truncates_the_long_side_as_transformers_does():
+    # 100x60 -> short side 64, long side int(64 * 100 / 60) = 106 (round() would give 107), then crop.
+    image = smooth(100, 60)
+    crop = ImageTransform(64, CLIP_MEAN, CLIP_STD, mode="crop", draft=False)(image)
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    resized = torch.nn.functional.interpolate(pixels, size=(64, 106), mode="bicubic", antialias=True)[0]
+    assert torch.equal(crop, resized[:, :, 21:85])
 
 
 def test_unknown_mode_lists_valid_modes():
