@@ -8,6 +8,7 @@ trained when its character span touches a trained piece. Each ``<image>`` token 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -115,6 +116,10 @@ class ChatTemplate:
 
     add_special_tokens = True  # let the tokenizer add BOS (templates that write it themselves say no)
 
+    def jinja(self, tokenizer, image_token: str) -> str:
+        """The same rules as the body of a Jinja chat template over ``mm_text`` (see ``jinja_template``)."""
+        raise NotImplementedError
+
 
 class VicunaV1(ChatTemplate):
     """LLaVA-1.5's ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``."""
@@ -131,6 +136,23 @@ class VicunaV1(ChatTemplate):
                 pieces.append((" ", False))
                 pieces.append((turn.text + tokenizer.eos_token, True))
         return pieces
+
+    def jinja(self, tokenizer, image_token: str) -> str:
+        return _lines(  # as render: system (or VICUNA_SYSTEM) + " ", "USER: q ASSISTANT:", " " + a + eos
+            "{%- if messages[0]['role'] == 'system' -%}",
+            "  {{- mm_text(messages[0]['content']) -}}",
+            "{%- else -%}",
+            "  " + _out(VICUNA_SYSTEM),
+            "{%- endif -%}",
+            _out(" "),
+            "{%- for message in messages -%}",
+            "  {%- if message['role'] == 'user' -%}",
+            "    " + _out("USER: ") + "{{- mm_text(message['content']) -}}" + _out(" ASSISTANT:"),
+            "  {%- elif message['role'] == 'assistant' -%}",
+            "    " + _out(" ") + "{{- mm_text(message['content']) -}}" + _out(tokenizer.eos_token),
+            "  {%- endif -%}",
+            "{%- endfor -%}",
+        )
 
 
 class Plain(ChatTemplate):
@@ -149,6 +171,18 @@ class Plain(ChatTemplate):
             elif turn.role == "assistant":
                 pieces.append((turn.text + "\n", True))
         return pieces
+
+    def jinja(self, tokenizer, image_token: str) -> str:
+        image = _lit(image_token)
+        return _lines(  # as render: only the user turn's image tokens, then the caption + "\n"
+            "{%- for message in messages -%}",
+            "  {%- if message['role'] == 'user' -%}",
+            f"    {{{{- {image} * mm_text(message['content']).count({image}) -}}}}",
+            "  {%- elif message['role'] == 'assistant' -%}",
+            "    {{- mm_text(message['content']) -}}" + _out("\n"),
+            "  {%- endif -%}",
+            "{%- endfor -%}",
+        )
 
 
 class TokenizerChatTemplate(ChatTemplate):
@@ -187,6 +221,18 @@ class TokenizerChatTemplate(ChatTemplate):
             raise ConversationError(TEMPLATE_ERROR, "the tokenizer's chat template is not prefix-stable across turns")
         pieces.append((final[len(done):], False))
         return pieces
+
+    def jinja(self, tokenizer, image_token: str) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConversationError(TEMPLATE_ERROR, "template 'chat_template' needs a tokenizer with a chat_template")
+        return _lines(  # as render: the tokenizer's own template, over the messages' contents as strings
+            "{%- set mm = namespace(messages=[]) -%}",
+            "{%- for message in messages -%}",
+            "  {%- set mm.messages = mm.messages + [{'role': message['role'], 'content': mm_text(message['content'])}] -%}",
+            "{%- endfor -%}",
+            # no "-" at the end: the tokenizer's template follows exactly as written
+            "{%- set messages = mm.messages %}" + tokenizer.chat_template,
+        )
 
 
 TEMPLATES: dict[str, Callable[[str], ChatTemplate]] = {
@@ -305,3 +351,80 @@ def stop_token_ids(tokenizer, template: str | ChatTemplate) -> list[int]:
         if len(newline) == 1:
             stops.add(newline[0])
     return sorted(stops)
+
+
+# ----------------------------------------------------------------------------- Jinja twins of the templates
+# Exported checkpoints (mm-export hf-llava) carry their template as a Jinja chat template, for transformers'
+# processors, vLLM and SGLang. There a message's content is a string or a list of {"type": "image"} and
+# {"type": "text", "text": ...} items; a list reads as LLaVA text: its items joined by "\n", each image one image
+# token ([image, text "What is it?"] -> "<image>\nWhat is it?"). The rendered text begins (and ends) with the
+# special tokens the tokenizer adds itself under the template (BOS), so it is tokenised without adding any: the
+# convention of vLLM's chat endpoint and of `processor.apply_chat_template(..., tokenize=True)`.
+# tests/test_chat_jinja.py renders every conversation shape both ways; export checks its own tokenizer too.
+
+JINJA_MARK = "{#- mm chat template: "
+
+
+def jinja_template(template: str | ChatTemplate, tokenizer, image_token: str = IMAGE_TOKEN) -> str:
+    """The Jinja chat template that renders exactly the text ``encode_prompt``/``encode_conversation`` tokenise."""
+    chat = _template(template, image_token)
+    own = getattr(tokenizer, "chat_template", None)
+    if chat.name == TokenizerChatTemplate.name and isinstance(own, str) and own.startswith(JINJA_MARK):
+        return own  # already our wrapper (a re-export): it takes plain strings too
+    body = chat.jinja(tokenizer, image_token)
+    prefix, suffix = _added_special_text(tokenizer) if chat.add_special_tokens else ("", "")
+    return _lines(f"{JINJA_MARK}{chat.name} (written by mm; renders what mm.chat tokenises) -#}}",
+                  _jinja_text_macro(image_token), _out(prefix), body, _out(suffix))
+
+
+def template_name_of(jinja: str | None) -> str | None:
+    """The mm template a Jinja chat template was written for (``jinja_template``), or None for any other."""
+    if not isinstance(jinja, str) or not jinja.startswith(JINJA_MARK):
+        return None
+    name = jinja[len(JINJA_MARK):].split(" ", 1)[0]
+    return name if name in TEMPLATES else None
+
+
+def _added_special_text(tokenizer) -> tuple[str, str]:
+    """The special tokens the tokenizer puts before and after a text by itself, as text (e.g. ("<s>", ""))."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    start = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
+    text = lambda ids: "".join(tokenizer.convert_ids_to_tokens(ids))  # noqa: E731
+    return text(full[:start]), text(full[start + len(bare):])
+
+
+def _lit(text: str) -> str:
+    """A Jinja string literal (JSON's escapes are Jinja's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _out(text: str) -> str:
+    """Jinja writing ``text``; the dashes drop the template's own line breaks and indentation around it."""
+    return "{{- " + _lit(text) + " -}}" if text else ""
+
+
+def _lines(*lines: str) -> str:
+    return "\n".join(line for line in lines if line)
+
+
+def _jinja_text_macro(image_token: str) -> str:
+    """``mm_text(content)``: a message's content (string or item list) as LLaVA text."""
+    return _lines(
+        "{%- macro mm_text(content) -%}",
+        "  {%- if content is string -%}",
+        "    {{- content -}}",
+        "  {%- else -%}",
+        "    {%- for item in content -%}",
+        "      {%- if not loop.first -%}" + _out("\n") + "{%- endif -%}",
+        "      {%- if item['type'] == 'image' -%}",
+        "        " + _out(image_token),
+        "      {%- elif item['type'] == 'text' -%}",
+        "        {{- item['text'] -}}",
+        "      {%- else -%}",
+        "        {{- raise_exception('mm templates take image and text items, not ' ~ item['type']) -}}",
+        "      {%- endif -%}",
+        "    {%- endfor -%}",
+        "  {%- endif -%}",
+        "{%- endmacro -%}",
+    )

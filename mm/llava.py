@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
+from mm.chat import stop_token_ids
 from mm.config import LLMConfig, ProjectorConfig, VisionTowerConfig, VLMConfig
+from mm.hf_processor import (  # noqa: F401  (the exceptions are this module's too)
+    LlavaDirectoryIncomplete,
+    LlavaIncompatible,
+    check_complete,
+    processor_for,
+    read_chat_template,
+    read_image_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +28,6 @@ _PREFIXES = {  # llava-hf module prefix -> ours
 }
 
 
-class LlavaIncompatible(ValueError):
-    """The requested conversion cannot be expressed exactly; the message says why."""
-
-
 # ----------------------------------------------------------------------------- llava-hf -> mm
 def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
@@ -32,6 +36,7 @@ def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
     from mm.weights import assign_state_dict, parameters_on_meta
 
     directory = Path(directory)
+    check_complete(directory)
     llava_config = LlavaConfig.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     config = vlm_config_from_llava(llava_config, tokenizer, directory)
@@ -58,7 +63,7 @@ def vlm_config_from_llava(llava_config, tokenizer, directory: Path) -> VLMConfig
     strategy = llava_config.vision_feature_select_strategy
     if kind == "hf_siglip" and strategy == "default":
         raise LlavaIncompatible("SigLIP with vision_feature_select_strategy='default' drops a real patch token")
-    mean, std = _processor_normalisation(directory)
+    mean, std, mode = read_image_settings(directory, vision.image_size)
     image_token = tokenizer.convert_ids_to_tokens(llava_config.image_token_id)
     return VLMConfig(
         vision=VisionTowerConfig(
@@ -69,9 +74,8 @@ def vlm_config_from_llava(llava_config, tokenizer, directory: Path) -> VLMConfig
         llm=LLMConfig(name_or_path=str(directory), model_config=llava_config.text_config.to_dict(),
                       tokenizer=str(directory)),
         image_token=image_token,
-        # LLaVA-1.5 was trained on Vicuna prompts. llava-hf's own Jinja templates expect multimodal content
-        # lists, not the plain strings mm.chat renders, so they are not picked automatically.
-        chat_template="vicuna_v1",
+        chat_template=read_chat_template(tokenizer, image_token),  # an export's own, else LLaVA-1.5's vicuna_v1
+        image_transform=mode,
     )
 
 
@@ -132,6 +136,7 @@ def export_llava_hf(model, out_dir: str | Path) -> None:
     from mm.export_target import export_directory
 
     llava_config = llava_config_for(model)
+    processor = processor_for(model, llava_config.vision_feature_select_strategy)
     with torch.device("meta"):
         llava = LlavaForConditionalGeneration(llava_config)
     state = _ours_to_llava(model.state_dict(), _llm_prefix(model.llm))
@@ -139,10 +144,12 @@ def export_llava_hf(model, out_dir: str | Path) -> None:
     missing = [k for k in missing if k != "lm_head.weight" or not llava_config.tie_word_embeddings]
     if missing or unexpected:
         raise ValueError(f"weights do not map onto Llava: missing {missing}, unexpected {unexpected}")
+    # generate() there stops where mm's does (e.g. at <|im_end|>, or at "\n" for plain captions)
+    llava.generation_config.eos_token_id = stop_token_ids(model.tokenizer, model.config.chat_template)
     with export_directory(out_dir) as tmp:
         llava.save_pretrained(str(tmp))
-        model.tokenizer.save_pretrained(str(tmp))
-        _processor_for(model, llava_config).save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))  # tokenizer, chat_template.jinja, processor_config.json
+        processor.image_processor.save_pretrained(str(tmp))  # preprocessor_config.json, for transformers 4 readers
 
 
 def _ours_to_llava(state: dict[str, torch.Tensor], llm_prefix: str) -> dict[str, torch.Tensor]:
@@ -151,39 +158,7 @@ def _ours_to_llava(state: dict[str, torch.Tensor], llm_prefix: str) -> dict[str,
     return {_rename(key, prefixes): value for key, value in state.items()}
 
 
-def _processor_for(model, llava_config):
-    from transformers import CLIPImageProcessor, LlavaProcessor, SiglipImageProcessor
-
-    image = model.image_transform_config
-    if model.config.vision.kind == "hf_clip":
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": image.image_size}, crop_size={"height": image.image_size, "width": image.image_size},
-            image_mean=list(image.mean), image_std=list(image.std),
-        )
-    else:
-        image_processor = SiglipImageProcessor(
-            size={"height": image.image_size, "width": image.image_size},
-            image_mean=list(image.mean), image_std=list(image.std),
-        )
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=model.tokenizer, patch_size=model.vision_tower.patch_size,
-        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
-        image_token=model.config.image_token, num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
-    )
-
-
 # ----------------------------------------------------------------------------- shared
 def _llm_prefix(llm) -> str:
     """Attribute of the `*ForCausalLM` holding the base model (`model` for Llama, Qwen2, Mistral, ...)."""
     return llm.base_model_prefix
-
-
-def _processor_normalisation(directory: Path) -> tuple[list[float] | None, list[float] | None]:
-    for name in ("preprocessor_config.json", "processor_config.json"):
-        path = directory / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            data = data.get("image_processor", data)
-            if "image_mean" in data:
-                return data["image_mean"], data.get("image_std")
-    return None, None

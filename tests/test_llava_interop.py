@@ -28,9 +28,30 @@ def tiny_llava(vision="hf_clip", llm="llama", seed=0, **overrides):
     return transformers.LlavaForConditionalGeneration(config).eval(), tokenizer
 
 
+# The style of llava-hf/llava-1.5-7b-hf's template: it reads content lists (images first), never strings.
+LLAVA_HF_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
 def save_llava(llava, tokenizer, directory, legacy_layout=False):
+    """A directory laid out as llava-hf's: weights, tokenizer, and a processor with a content-list template
+    (CLIP: resize the short side and centre-crop, as llava-1.5-hf; SigLIP: resize to the square)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor, SiglipImageProcessor
+
     llava.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    vision = llava.config.vision_config
+    side = vision.image_size
+    if vision.model_type == "clip_vision_model":
+        images = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    else:
+        images = SiglipImageProcessor(size={"height": side, "width": side})
+    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision.patch_size,
+                   vision_feature_select_strategy=llava.config.vision_feature_select_strategy,
+                   chat_template=LLAVA_HF_TEMPLATE).save_pretrained(directory)
     if legacy_layout:
         write_legacy_layout(directory)
 
@@ -86,6 +107,8 @@ def test_llava_hf_directory_loads_with_equal_logits(tmp_path, vision, llm, overr
     llava, tokenizer = tiny_llava(vision, llm, **overrides)
     save_llava(llava, tokenizer, tmp_path, legacy_layout=legacy)
     model = mm.load_pretrained(tmp_path)
+    assert model.config.chat_template == "vicuna_v1"  # their template reads content lists: LLaVA-1.5's instead
+    assert model.config.image_transform == ("crop" if vision == "hf_clip" else "resize")  # what their processor does
     keeps_cls = vision == "hf_clip" and overrides.get("vision_feature_select_strategy") == "full"
     assert model.tokens_per_image == 64 + keeps_cls
     assert model.config.vision.select_layer == overrides.get("vision_feature_layer", -2)
@@ -134,8 +157,8 @@ def test_export_to_llava_gives_equal_logits(tmp_path, vision, llm, keep_cls, str
     assert encoded["pixel_values"].shape == (1, 3, 64, 64)
     # and the exported directory loads back into mm with the same logits
     back = mm.load_pretrained(tmp_path / "hf")
-    assert back.image_transform_config == model.image_transform_config  # normalisation read from the processor
-    assert back.config.chat_template == "vicuna_v1"
+    assert back.image_transform_config == model.image_transform_config  # size, normalisation and mode
+    assert back.config.chat_template == model.config.chat_template
     torch.testing.assert_close(our_logits(back, ids, mask, pixels), our_logits(model, ids, mask, pixels),
                                atol=ATOL, rtol=0)
 

@@ -1,0 +1,150 @@
+"""The processor files of a llava-hf directory: mm's image transform and chat template, written and read back.
+
+Export writes a `LlavaProcessor` whose image processor gives the pixels `mm.transforms.ImageTransform` gives
+(every mode; the torchvision backend, transformers 5's default) and whose chat template renders the text
+`mm.chat` tokenises (`mm.chat.jinja_template`). Import reads the mode and the template back from them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+from mm.chat import encode_prompt, jinja_template, template_name_of
+from mm.transforms import ImageTransform
+from mm.hub import CheckpointNotFound
+
+log = logging.getLogger(__name__)
+
+BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what mm.transforms resizes with
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+class LlavaIncompatible(ValueError):
+    """The requested conversion cannot be expressed exactly; the message says why."""
+
+
+class LlavaDirectoryIncomplete(CheckpointNotFound):
+    """A llava-hf directory lacks a file a model needs; the message names what is missing."""
+
+
+# ----------------------------------------------------------------------------- mm -> llava-hf
+def image_processor_for(transform: ImageTransform):
+    """A `LlavaImageProcessor` computing `transform` (test_llava_chat_flow.py compares the pixels)."""
+    from transformers import LlavaImageProcessor
+
+    square = {"height": transform.image_size, "width": transform.image_size}
+    by_mode = {  # pad: LlavaImageProcessor pads with int(mean * 255) before resizing, as LLaVA-1.5 does
+        "pad": {"do_pad": True, "size": square, "do_center_crop": False},
+        "resize": {"do_pad": False, "size": square, "do_center_crop": False},
+        "crop": {"do_pad": False, "size": {"shortest_edge": transform.image_size}, "do_center_crop": True},
+    }
+    return LlavaImageProcessor(
+        **by_mode[transform.mode], crop_size=square, resample=BICUBIC, do_convert_rgb=True, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=list(transform.mean), image_std=list(transform.std),
+    )
+
+
+def processor_for(model, vision_feature_select_strategy: str):
+    """The `LlavaProcessor` of an export: image processor, and a copy of the tokenizer carrying the Jinja twin of
+    the model's chat template (refused when this tokenizer would tokenise it differently from mm.chat)."""
+    from transformers import LlavaProcessor
+
+    config = model.config
+    jinja = jinja_template(config.chat_template, model.tokenizer, config.image_token)
+    check_jinja_template(jinja, model.tokenizer, config.chat_template, config.image_token)
+    tokenizer = copy.deepcopy(model.tokenizer)
+    tokenizer.chat_template = jinja
+    return LlavaProcessor(
+        image_processor=image_processor_for(model.image_transform_config), tokenizer=tokenizer, chat_template=jinja,
+        patch_size=model.vision_tower.patch_size, vision_feature_select_strategy=vision_feature_select_strategy,
+        image_token=config.image_token, num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
+    )
+
+
+def check_jinja_template(jinja: str, tokenizer, template: str, image_token: str) -> None:
+    """Render sample conversations (system, several images, several turns) through ``jinja`` and mm.chat; the
+    token ids must be equal for this tokenizer (a tokenizer can split a special token's text differently)."""
+    question = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which one is larger?"}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+                {"role": "user", "content": question}, {"role": "assistant", "content": "The left one."},
+                {"role": "user", "content": [{"type": "text", "text": "Why?"}]}]
+    conversation = [{"from": "system", "value": "Answer briefly."},
+                    {"from": "human", "value": f"{image_token}\n{image_token}\nWhich one is larger?"},
+                    {"from": "gpt", "value": "The left one."}, {"from": "human", "value": "Why?"}]
+    for start in (0, 1):  # with and without the system message
+        text = tokenizer.apply_chat_template(messages[start:], chat_template=jinja, tokenize=False,
+                                             add_generation_prompt=True)
+        theirs = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ours = encode_prompt(conversation[start:], tokenizer, template, tokens_per_image=1, image_token=image_token)
+        if theirs != ours:
+            raise LlavaIncompatible(f"the Jinja form of chat template {template!r} tokenises differently from mm's "
+                                    f"with this tokenizer ({len(theirs)} vs {len(ours)} tokens for {text!r})")
+
+
+# ----------------------------------------------------------------------------- llava-hf -> mm
+def check_complete(directory: Path) -> None:
+    """Raise LlavaDirectoryIncomplete naming every missing piece, before transformers fails on the first one."""
+    missing = []
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer ({', '.join(TOKENIZER_FILES[:-1])} or {TOKENIZER_FILES[-1]})")
+    if _image_processor_config(directory) is None:
+        missing.append("image processor config (preprocessor_config.json)")
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        missing.append(f"safetensors weights ({' or '.join(WEIGHT_FILES)})")
+    if missing:
+        raise LlavaDirectoryIncomplete(f"llava-hf directory {directory} is missing: {'; '.join(missing)}")
+
+
+def read_image_settings(directory: Path, image_size: int) -> tuple[list[float] | None, list[float] | None, str]:
+    """(mean, std, mode) of the directory's image processor; LlavaIncompatible when no mm mode computes it."""
+    from transformers.image_processing_utils import get_size_dict
+
+    data = _image_processor_config(directory) or {}
+    size = get_size_dict(data.get("size", image_size), default_to_square=False)
+    crop = get_size_dict(data.get("crop_size", image_size), default_to_square=True, param_name="crop_size")
+    square, short_side = {"height": image_size, "width": image_size}, {"shortest_edge": image_size}
+    cropped = data.get("do_center_crop", False)
+    if data.get("do_pad") and size in (square, short_side) and (not cropped or crop == square):
+        mode = "pad"
+    elif cropped and size == short_side and crop == square:
+        mode = "crop"
+    elif not cropped and size == square:
+        mode = "resize"
+    else:
+        raise LlavaIncompatible(
+            f"{directory}: the image processor (size {size}, center crop {crop if cropped else 'no'}, pad "
+            f"{bool(data.get('do_pad'))}) is none of mm's image transforms at the tower's {image_size}px: "
+            "pad, resize or crop"
+        )
+    if data.get("resample", BICUBIC) != BICUBIC:
+        log.warning("%s: the image processor resizes with resample=%s; mm resizes bicubic, so pixels differ slightly",
+                    directory, data["resample"])
+    return data.get("image_mean"), data.get("image_std"), mode
+
+
+def read_chat_template(tokenizer, image_token: str) -> str:
+    """The mm template an export's Jinja chat template was written for; vicuna_v1 (LLaVA-1.5's) for any other
+    (llava-hf's own templates expect content lists, not the strings mm.chat renders)."""
+    name = template_name_of(getattr(tokenizer, "chat_template", None))
+    if name is None:
+        return "vicuna_v1"
+    if name != "chat_template" and tokenizer.chat_template != jinja_template(name, tokenizer, image_token):
+        log.warning("the %s chat template was edited after export; mm renders its own %s", name, name)
+    return name
+
+
+def _image_processor_config(directory: Path) -> dict | None:
+    """preprocessor_config.json, or the image processor inside processor_config.json (transformers 5)."""
+    for name in IMAGE_PROCESSOR_FILES:
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get("image_processor", data) if name == "processor_config.json" else data
+            if "image_mean" in data or "size" in data:
+                return data
+    return None
