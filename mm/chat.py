@@ -228,7 +228,8 @@ class TokenizerChatTemplate(ChatTemplate):
         return _lines(  # as render: the tokenizer's own template, over the messages' contents as strings
             "{%- set mm = namespace(messages=[]) -%}",
             "{%- for message in messages -%}",
-            "  {%- set mm.messages = mm.messages + [{'role': message['role'], 'content': mm_text(message['content'])}] -%}",
+            "  {%- set text = mm_text(message['content']) -%}",
+            "  {%- set mm.messages = mm.messages + [{'role': message['role'], 'content': text}] -%}",
             "{%- endfor -%}",
             # no "-" at the end: the tokenizer's template follows exactly as written
             "{%- set messages = mm.messages %}" + tokenizer.chat_template,

@@ -9,8 +9,8 @@ import torch
 
 from mm.chat import stop_token_ids
 from mm.config import LLMConfig, ProjectorConfig, VisionTowerConfig, VLMConfig
-from mm.hf_processor import (  # noqa: F401  (the exceptions are this module's too)
-    LlavaDirectoryIncomplete,
+from mm.hf_processor import (
+    LlavaDirectoryIncomplete,  # noqa: F401  (raised by load_llava_hf; importable from here as LlavaIncompatible is)
     LlavaIncompatible,
     check_complete,
     processor_for,
