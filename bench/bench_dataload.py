@@ -128,7 +128,7 @@ def llava_expand2square(image: Image.Image, background: tuple[int, ...]) -> Imag
 def reference_batches(index_path: Path, processor, batch_size: int, device: str):
     """Loose files + JSON index -> normalised batches on ``device``: the LLaVA-1.5 way."""
     image_dir = index_path.parent / "images"
-    background = tuple(int(round(c * 255)) for c in processor.image_mean)
+    background = tuple(int(c * 255) for c in processor.image_mean)  # LLaVA's expand2square truncates
     pending: list[torch.Tensor] = []
     for entry in json.loads(index_path.read_text()):
         image = Image.open(image_dir / entry["image"]).convert("RGB")
@@ -164,7 +164,7 @@ def pixel_gap(shards, index_path, transform, processor) -> float:
         record = json.loads(sample["json"])
         ours[record["id"]] = transform.normalize(transform.load(sample[record["images"][0]])[None])[0]
     image_dir = index_path.parent / "images"
-    background = tuple(int(round(c * 255)) for c in processor.image_mean)
+    background = tuple(int(c * 255) for c in processor.image_mean)  # LLaVA's expand2square truncates
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     gaps = []
     for entry in json.loads(index_path.read_text()):
