@@ -291,12 +291,11 @@ class VLMTrainingModule(L.LightningModule):
         """Sharded parameters: gather the full state on rank 0 (a collective call on every rank) and write
         it through an unsharded copy of the model built without weights."""
         from mm.builder import build_vlm
-        from mm.checkpoint import resolved_config
 
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.global_rank != 0:
             return
-        copy = build_vlm(resolved_config(self.vlm), load_weights=False, tokenizer=self.vlm.tokenizer)
+        copy = build_vlm(self.vlm.resolved_config(), load_weights=False, tokenizer=self.vlm.tokenizer)
         copy.load_state_dict({key[len("vlm."):]: value for key, value in state.items()}, strict=True)
         copy.save_pretrained(directory)
         log.info("exported the trained model (gathered from FSDP shards) to %s", directory)
