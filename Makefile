@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
+GPU_CHECK_OUT ?= gpu_check_out
 
-.PHONY: install test test-all demo bench-quick clean
+.PHONY: install test test-all demo bench-quick gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
@@ -26,6 +27,10 @@ demo: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
+
+# On a GPU machine: install, GPU tests, GPU benchmarks in 8 minutes (bench/gpu_check.sh says what and how long).
+gpu-check:
+	bash bench/gpu_check.sh $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
