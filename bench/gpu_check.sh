@@ -44,9 +44,10 @@ cd "$(dirname "$0")/.." || exit 1
 
 if [ "$FETCH" = 1 ]; then
     # Pure-Python wheels at the versions this checkout's .venv runs (else the newest), pydantic_core for
-    # CPython 3.12 on x86-64 Linux, and deepspeed built here (PyPI has no wheel of it).
+    # CPython 3.12 on x86-64 Linux, setuptools (to build mm's editable install offline), and deepspeed,
+    # built here (PyPI has no wheel of it).
     names="open_clip_torch webdataset jsonargparse docstring_parser typeshed_client braceexpand ftfy wcwidth
-           hjson pydantic pydantic_core annotated_types typing_inspection"
+           hjson pydantic pydantic_core annotated_types typing_inspection setuptools"
     pins=$("$PY" -c 'import sys, importlib.metadata as m
 for name in sys.argv[1:]:
     try: print(f"{name}=={m.version(name)}")
@@ -61,7 +62,7 @@ for name in sys.argv[1:]:
 fi
 
 PIP="$PY -m pip install --progress-bar off"
-[ -d .whl ] && PIP="$PIP --no-index --find-links .whl --no-build-isolation"
+[ -d .whl ] && PIP="$PIP --no-index --find-links .whl"
 # .venv sees $PYTHON's own packages (also when $PYTHON is itself a venv's, as on images with torch in one)
 BASE_PTH='import site, sys; v = sys.version_info; print(*site.getsitepackages(), sep="\n", file=open(f".venv/lib/python{v[0]}.{v[1]}/site-packages/gpu_check_base.pth", "w"))'
 MAKE_VENV="$PYTHON -m venv --system-site-packages .venv && $PYTHON -c '$BASE_PTH'"
