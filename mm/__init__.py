@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 # Lazy so that light modules (mm.chat, mm.config) do not pull in torch/transformers on import.
 _EXPORTS = {
     "build_vlm": "mm.builder",
-    "load_pretrained": "mm.checkpoint",
+    "load_pretrained": "mm.loading",
     "LLMConfig": "mm.config",
     "ProjectorConfig": "mm.config",
     "VLMConfig": "mm.config",

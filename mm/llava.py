@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 
+from mm.builder import build_vlm
 from mm.chat import stop_token_ids
 from mm.config import LLMConfig, ProjectorConfig, VisionTowerConfig, VLMConfig
+from mm.export_target import export_directory
 from mm.hf_processor import (
     LlavaDirectoryIncomplete,  # noqa: F401  (raised by load_llava_hf; importable from here as LlavaIncompatible is)
     LlavaIncompatible,
@@ -17,6 +20,7 @@ from mm.hf_processor import (
     read_chat_template,
     read_image_settings,
 )
+from mm.weights import assign_state_dict, parameters_on_meta
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +33,15 @@ _PREFIXES = {  # llava-hf module prefix -> ours
 
 
 # ----------------------------------------------------------------------------- llava-hf -> mm
-def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+def is_llava_directory(directory: str | Path) -> bool:
+    """Whether `directory` holds a llava-hf model (`config.json` with `model_type: "llava"`)."""
+    config_path = Path(directory) / "config.json"
+    return config_path.is_file() and json.loads(config_path.read_text()).get("model_type") == "llava"
 
-    from mm.builder import build_vlm
-    from mm.weights import assign_state_dict, parameters_on_meta
+
+def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
+    """A llava-hf directory as our model (config read back from its config and processor files, same weights)."""
+    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
     directory = Path(directory)
     check_complete(directory)
@@ -132,8 +140,6 @@ def export_llava_hf(model, out_dir: str | Path) -> None:
     """Write a `LlavaForConditionalGeneration` directory (config, weights, tokenizer, processor). An earlier
     export there is replaced in one rename; other files in it are kept (see mm.export_target)."""
     from transformers import LlavaForConditionalGeneration
-
-    from mm.export_target import export_directory
 
     llava_config = llava_config_for(model)
     processor = processor_for(model, llava_config.vision_feature_select_strategy)

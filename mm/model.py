@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from mm.checkpoint import write_checkpoint
 from mm.config import VLMConfig
 from mm.generation import generate as generate_tokens
-from mm.llm import enable_activation_checkpointing, llm_block_class
+from mm.llm import enable_activation_checkpointing, llm_block_class, resolved_llm_config
 from mm.projectors import Projector
 from mm.transforms import ImageTransform
 from mm.vision import VisionTower
@@ -177,10 +179,18 @@ class VisionLanguageModel(nn.Module):
     generate = torch.no_grad()(generate_tokens)
 
     # ----------------------------------------------------------------- checkpoints
-    def save_pretrained(self, directory) -> None:
-        from mm.checkpoint import save_pretrained
+    def resolved_config(self) -> VLMConfig:
+        """The model's config with every architecture inlined (rebuilding it needs no network)."""
+        return dataclasses.replace(
+            self.config,
+            vision=self.vision_tower.resolved_config(),
+            llm=resolved_llm_config(self.config.llm, self.llm),
+        )
 
-        save_pretrained(self, directory)
+    def save_pretrained(self, directory) -> None:
+        """Write a self-contained checkpoint directory (`mm.checkpoint`'s format; `mm.load_pretrained` reads it).
+        An earlier export there is replaced in one rename; other files in it are kept (see mm.export_target)."""
+        write_checkpoint(self, directory)
 
 
 def causal_lm_loss(

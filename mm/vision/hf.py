@@ -10,7 +10,7 @@ import torch
 from mm.config import VisionTowerConfig
 from mm.files import read_json
 from mm.hub import local_or_hub
-from mm.llm import refuse_llava_directory
+from mm.llm import enable_activation_checkpointing, refuse_llava_directory
 from mm.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTower
 
 
@@ -55,8 +55,6 @@ class HFVisionTower(VisionTower):
         return outputs.hidden_states[layer]
 
     def gradient_checkpointing_enable(self) -> None:
-        from mm.llm import enable_activation_checkpointing
-
         enable_activation_checkpointing(self.model)
 
     def resolved_config(self) -> VisionTowerConfig:

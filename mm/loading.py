@@ -1,0 +1,68 @@
+"""`load_pretrained`: the one loader, over our checkpoint directories (mm.checkpoint) and llava-hf ones (mm.llava)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mm.builder import build_vlm
+from mm.checkpoint import CONFIG_NAME, is_checkpoint, read_config, read_weights
+from mm.hub import not_found
+from mm.llava import is_llava_directory, load_llava_hf
+from mm.llm import load_tokenizer
+from mm.model import VisionLanguageModel
+from mm.weights import assign_state_dict, parameters_on_meta
+
+
+def load_pretrained(path: str | os.PathLike, *, trust_remote_code: bool = False, torch_dtype=None) -> VisionLanguageModel:
+    """Load one of our checkpoint directories or a llava-hf (`model_type: "llava"`) directory / hub id."""
+    directory = _local_directory(str(path))
+    if is_checkpoint(directory):
+        model = load_checkpoint(directory, trust_remote_code=trust_remote_code)
+    elif is_llava_directory(directory):
+        model = load_llava_hf(directory, trust_remote_code=trust_remote_code)
+    else:
+        raise ValueError(
+            f"{path} is neither an mm checkpoint (no {CONFIG_NAME}) nor a llava-hf directory "
+            "(config.json with model_type 'llava')"
+        )
+    if torch_dtype is not None:
+        model = model.to(_as_dtype(torch_dtype))
+    return model.eval()
+
+
+def load_checkpoint(directory: str | os.PathLike, *, trust_remote_code: bool = False) -> VisionLanguageModel:
+    """One of our checkpoint directories: the model built on the meta device, then given the stored weights."""
+    directory = str(directory)
+    config = read_config(directory)
+    tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
+    with parameters_on_meta():
+        model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    assign_state_dict(model, read_weights(directory), directory)
+    return model.set_trainable(vision=False, projector=True, llm=True)
+
+
+def _local_directory(path: str) -> Path:
+    if os.path.isdir(path):
+        return Path(path)
+    if os.path.exists(path):
+        raise ValueError(f"{path} is a file; a checkpoint is a directory")
+    if path.count("/") != 1 or path.startswith((".", "/")):
+        raise not_found(path, "checkpoint")
+    from huggingface_hub import snapshot_download  # the network only when a Hub id is asked for
+
+    try:
+        return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as err:  # offline, unknown repo, gated, ...: all mean "cannot get it"
+        raise not_found(path, "checkpoint", err) from err
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:  # int8 etc.: nn.Module.to raises TypeError
+        raise ValueError(f"unknown or non-float torch_dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
+    return value
