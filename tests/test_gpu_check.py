@@ -28,7 +28,7 @@ def test_dry_run_plans_every_step_within_the_budget_and_runs_nothing(tmp_path):
     assert list(steps) == ["preflight", "install", "deepspeed", "gpu_tests", "bench"]
     assert sum(map(int, steps.values())) <= 480
     commands = done.stdout
-    assert "pip install --progress-bar off -e '.[dev]'" in commands and "-e '.[deepspeed]'" in commands
+    assert re.search(r"pip install .*-e '\.\[dev\]'", commands) and "-e '.[deepspeed]'" in commands
     assert "-m pytest -m gpu" in commands
     assert re.search(r"bench/run_all\.py --device cuda .*--write-md --json-out " + re.escape(str(out)), commands)
     outputs = re.search(r"^outputs in .*?: (.*)$", done.stdout, re.M).group(1).split()
