@@ -65,7 +65,8 @@ PIP="$PY -m pip install --progress-bar off"
 [ -d .whl ] && PIP="$PIP --no-index --find-links .whl"
 # .venv sees $PYTHON's own packages (also when $PYTHON is itself a venv's, as on images with torch in one)
 BASE_PTH='import site, sys; v = sys.version_info; print(*site.getsitepackages(), sep="\n", file=open(f".venv/lib/python{v[0]}.{v[1]}/site-packages/gpu_check_base.pth", "w"))'
-MAKE_VENV="$PYTHON -m venv --system-site-packages .venv && $PYTHON -c '$BASE_PTH'"
+# (without ensurepip, e.g. a distribution's python, the venv gets no pip of its own and runs $PYTHON's)
+MAKE_VENV="{ $PYTHON -m venv --system-site-packages .venv || $PYTHON -m venv --clear --without-pip --system-site-packages .venv; } && $PYTHON -c '$BASE_PTH'"
 CUDA_CHECK="import torch; assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no CUDA device'; print('torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
 
 # name | limit in seconds | command (run with bash -c, in the repository root, output to OUT/<name>.log)
