@@ -47,7 +47,7 @@ if [ "$FETCH" = 1 ]; then
     # CPython 3.12 on x86-64 Linux, setuptools (to build mm's editable install offline), and deepspeed,
     # built here (PyPI has no wheel of it).
     names="open_clip_torch webdataset jsonargparse docstring_parser typeshed_client braceexpand ftfy wcwidth
-           hjson pydantic pydantic_core annotated_types typing_inspection setuptools"
+           hjson pydantic pydantic_core annotated_types typing_inspection typing_extensions setuptools"
     pins=$("$PY" -c 'import sys, importlib.metadata as m
 for name in sys.argv[1:]:
     try: print(f"{name}=={m.version(name)}")
