@@ -75,7 +75,7 @@ STEPS=(
     "install|150|{ test -x $PY || { $MAKE_VENV; }; } && $PIP -e '.[dev]' && $PY -c \"$CUDA_CHECK\""
     "deepspeed|40|$PIP -e '.[deepspeed]' && $PY -c 'import deepspeed; print(\"deepspeed\", deepspeed.__version__)'"
     "gpu_tests|120|$PY -m pytest -m gpu -v -p no:cacheprovider --durations=10"
-    "bench|160|$PY bench/run_all.py --device cuda --quick --only bench_train_step.py bench_eval.py bench_dataload.py --timeout 50 --write-md --json-out $OUT/bench.jsonl; status=\$?; sed -n '/<!-- figures:start/,/<!-- figures:end -->/p' BENCHMARKS.md > $OUT/figures.md; exit \$status"
+    "bench|160|$PY bench/run_all.py --device cuda --quick --only bench_train_step.py bench_eval.py bench_dataload.py --timeout 50 --write-md --json-out '$OUT/bench.jsonl'; status=\$?; sed -n '/<!-- figures:start/,/<!-- figures:end -->/p' BENCHMARKS.md > '$OUT/figures.md'; exit \$status"
 )
 OUTPUTS="preflight.log install.log deepspeed.log gpu_tests.log bench.log summary.txt bench.jsonl figures.md"
 

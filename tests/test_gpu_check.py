@@ -30,7 +30,7 @@ def test_dry_run_plans_every_step_within_the_budget_and_runs_nothing(tmp_path):
     commands = done.stdout
     assert re.search(r"pip install .*-e '\.\[dev\]'", commands) and "-e '.[deepspeed]'" in commands
     assert "-m pytest -m gpu" in commands
-    assert re.search(r"bench/run_all\.py --device cuda .*--write-md --json-out " + re.escape(str(out)), commands)
+    assert re.search(r"bench/run_all\.py --device cuda .*--write-md --json-out '" + re.escape(str(out)), commands)
     outputs = re.search(r"^outputs in .*?: (.*)$", done.stdout, re.M).group(1).split()
     assert len(outputs) <= 8  # the device tool brings back at most 8 files
     assert {"summary.txt", "figures.md", "gpu_tests.log", "bench.log"} <= set(outputs)
