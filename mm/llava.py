@@ -20,12 +20,11 @@ from mm.hf_processor import (
     read_chat_template,
     read_image_settings,
 )
+from mm.vision import VISION_TOWERS, llava_vision_kinds
 from mm.weights import assign_state_dict, parameters_on_meta
 
 log = logging.getLogger(__name__)
 
-# transformers vision model_type -> our tower kind, and back
-_TOWER_KINDS = {"clip_vision_model": "hf_clip", "siglip_vision_model": "hf_siglip"}
 _PREFIXES = {  # llava-hf module prefix -> ours
     "model.vision_tower.": "vision_tower.model.",
     "model.multi_modal_projector.": "projector.",
@@ -58,25 +57,28 @@ def load_llava_hf(directory: str | Path, *, trust_remote_code: bool = False):
 
 def vlm_config_from_llava(llava_config, tokenizer, directory: Path) -> VLMConfig:
     vision = llava_config.vision_config
-    kind = _TOWER_KINDS.get(vision.model_type)
+    kinds = llava_vision_kinds()  # transformers vision model_type -> our tower kind
+    kind = kinds.get(vision.model_type)
     if kind is None:
         raise LlavaIncompatible(
-            f"llava vision tower {vision.model_type!r} is not supported; supported: {sorted(_TOWER_KINDS)}"
+            f"llava vision tower {vision.model_type!r} is not supported; supported: {sorted(kinds)}"
         )
+    has_prefix_token = VISION_TOWERS[kind].tower_class.num_prefix_tokens > 0  # CLIP's CLS; SigLIP has none
     layer = llava_config.vision_feature_layer
     if not isinstance(layer, int):
         raise LlavaIncompatible(f"vision_feature_layer={layer} (several layers concatenated) is not supported")
     if llava_config.projector_hidden_act != "gelu":
         raise LlavaIncompatible(f"projector_hidden_act={llava_config.projector_hidden_act!r}; only 'gelu' is supported")
     strategy = llava_config.vision_feature_select_strategy
-    if kind == "hf_siglip" and strategy == "default":
-        raise LlavaIncompatible("SigLIP with vision_feature_select_strategy='default' drops a real patch token")
+    if not has_prefix_token and strategy == "default":
+        raise LlavaIncompatible(f"{kind} (no class token, as SigLIP) with vision_feature_select_strategy='default' "
+                                "drops a real patch token")
     mean, std, mode = read_image_settings(directory, vision.image_size)
     image_token = tokenizer.convert_ids_to_tokens(llava_config.image_token_id)
     return VLMConfig(
         vision=VisionTowerConfig(
             kind=kind, name_or_path=str(directory), model_config=vision.to_dict(), select_layer=layer,
-            keep_prefix_tokens=strategy == "full" and kind == "hf_clip", image_mean=mean, image_std=std,
+            keep_prefix_tokens=strategy == "full" and has_prefix_token, image_mean=mean, image_std=std,
         ),
         projector=ProjectorConfig(kind="mlp2x_gelu", bias=llava_config.multimodal_projector_bias),
         llm=LLMConfig(name_or_path=str(directory), model_config=llava_config.text_config.to_dict(),
@@ -103,10 +105,11 @@ def _rename(key: str, prefixes: dict[str, str]) -> str:
 def check_exportable(model) -> None:
     """Raise LlavaIncompatible (saying why) when Llava cannot express the model exactly."""
     kind = model.config.vision.kind
-    if kind not in _TOWER_KINDS.values():
+    exportable = sorted(name for name, row in VISION_TOWERS.items() if row.llava_model_types)
+    if kind not in exportable:
         raise LlavaIncompatible(
             f"the vision tower is {kind!r}; transformers' Llava builds its tower with AutoModel, so only "
-            f"transformers CLIP/SigLIP towers ({sorted(_TOWER_KINDS.values())}) can be exported"
+            f"transformers CLIP/SigLIP towers ({exportable}) can be exported"
         )
     projector = model.config.projector.kind
     if projector != "mlp2x_gelu":
