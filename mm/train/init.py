@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from mm.builder import build_vlm
 from mm.config import VLMConfig
 from mm.weights import assign_state_dict
 from mm.train.policy import TrainingPolicy
@@ -16,8 +17,6 @@ log = logging.getLogger(__name__)
 
 def build_for_stage(config: VLMConfig, policy: TrainingPolicy, *, trust_remote_code: bool = False):
     """The VLM with the stage's trainable parts; random parts seeded by `policy.init_seed`."""
-    from mm.builder import build_vlm
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(policy.init_seed)
         vlm = build_vlm(config, trust_remote_code=trust_remote_code)

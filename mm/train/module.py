@@ -19,10 +19,12 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 import numpy as np
 import torch
 
+from mm.builder import build_vlm
 from mm.config import VLMConfig
 from mm.data.batching import packed_attention_mask
 from mm.data.module import target_tokens
 from mm.data.skips import COUNTER_NAMES, PADDING_BATCHES, counter_vector
+from mm.export_target import check_export_target
 from mm.train.init import build_for_stage, merge_lora
 from mm.train.optim import build_optimizer, clip_grad_norm_global, global_grad_norm
 from mm.train.policy import TrainingPolicy
@@ -265,8 +267,6 @@ class VLMTrainingModule(L.LightningModule):
 
     def check_export_dir(self) -> None:
         """Raise ExportTargetError if the export at the end of fit could destroy this run or a user's files."""
-        from mm.export_target import check_export_target
-
         trainer = self.trainer
         sources = [trainer.default_root_dir, trainer.log_dir, self.policy.init_from, self.policy.init_projector_from,
                    *(callback.dirpath for callback in trainer.checkpoint_callbacks)]
@@ -290,8 +290,6 @@ class VLMTrainingModule(L.LightningModule):
     def _export_gathered(self, directory: Path) -> None:
         """Sharded parameters: gather the full state on rank 0 (a collective call on every rank) and write
         it through an unsharded copy of the model built without weights."""
-        from mm.builder import build_vlm
-
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.global_rank != 0:
             return
