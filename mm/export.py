@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+import mm
+from mm.export_target import ExportTargetError, check_export_target
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mm-export", description=__doc__)
@@ -24,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import mm
-    from mm.export_target import ExportTargetError, check_export_target
-    from mm.llava import LlavaIncompatible, export_llava_hf
+    from mm.llava import LlavaIncompatible, export_llava_hf  # torch and transformers: not for --help or a refusal
 
     try:  # before loading: a refused folder should not cost a model load
         check_export_target(args.out, sources=[args.checkpoint], overwrite=args.overwrite)
