@@ -16,7 +16,9 @@ from mm.model import VisionLanguageModel
 from mm.weights import assign_state_dict, parameters_on_meta
 
 
-def load_pretrained(path: str | os.PathLike, *, trust_remote_code: bool = False, torch_dtype=None) -> VisionLanguageModel:
+def load_pretrained(
+    path: str | os.PathLike, *, trust_remote_code: bool = False, torch_dtype=None
+) -> VisionLanguageModel:
     """Load one of our checkpoint directories or a llava-hf (`model_type: "llava"`) directory / hub id."""
     directory = _local_directory(str(path))
     if is_checkpoint(directory):
