@@ -117,9 +117,6 @@ def test_fsdp_on_cpu_trains_and_exports_as_ddp(runs):
     assert max(float((exported["ddp"][n] - start[n]).abs().max()) for n in start) > 1e-3  # the steps trained
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FSDP (use_orig_params) hands configure_optimizers flattened 1-D parameters, so mm.train.optim's "
-    "ndim < 2 rule puts every weight in a no_decay group: weight_decay > 0 is not applied under FSDP"))
 def test_fsdp_gets_the_parameter_groups_of_ddp(runs):
     _, found = runs
     assert found["fsdp"][0]["groups"] == found["ddp"][0]["groups"]

@@ -26,7 +26,7 @@ from mm.data.module import target_tokens
 from mm.data.skips import COUNTER_NAMES, PADDING_BATCHES, counter_vector
 from mm.export_target import check_export_target
 from mm.train.init import build_for_stage, merge_lora
-from mm.train.optim import build_optimizer, clip_grad_norm_global, global_grad_norm
+from mm.train.optim import build_optimizer, clip_grad_norm_global, global_grad_norm, no_decay_names
 from mm.train.policy import TrainingPolicy
 from mm.train.strategies import check_strategy, grad_shard_group
 from mm.transforms import ImageTransform
@@ -72,6 +72,7 @@ class VLMTrainingModule(L.LightningModule):
         if self.vlm is not None:
             return
         self.vlm = build_for_stage(self.model_config, self.policy, trust_remote_code=self.trust_remote_code)
+        self._no_decay = no_decay_names(self.vlm)  # now: a sharding strategy wraps the model after this hook
         settings = self.vlm.image_transform_config
         self.image_transform = ImageTransform(settings.image_size, settings.mean, settings.std, settings.mode)
 
@@ -193,7 +194,7 @@ class VLMTrainingModule(L.LightningModule):
             results[key].reset()
 
     def configure_optimizers(self):
-        optimizer, scheduler = build_optimizer(self.vlm, self.policy, self._planned_optimizer_steps())
+        optimizer, scheduler = build_optimizer(self.vlm, self.policy, self._planned_optimizer_steps(), self._no_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _planned_optimizer_steps(self) -> int:

@@ -13,13 +13,24 @@ from mm.train.policy import TrainingPolicy
 COMPONENTS = ("vision_tower", "projector", "llm")
 
 
-def _no_decay_ids(model: nn.Module) -> set[int]:
-    """Norm weights, biases (any 1-D parameter) and every embedding table."""
-    ids = {id(p) for p in model.parameters() if p.ndim < 2}
-    for module in model.modules():
+# Inserted into parameter names by wrappers (FSDP, activation checkpointing, torch.compile).
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def unwrapped_name(name: str) -> str:
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Norm weights, biases (any 1-D parameter) and every embedding table. Decide on the model before a
+    strategy wraps it: FSDP shows the optimizer flattened 1-D shards, every one of which looks 1-D."""
+    names = {name for name, param in model.named_parameters() if param.ndim < 2}
+    for prefix, module in model.named_modules():
         if isinstance(module, nn.Embedding):
-            ids |= {id(p) for p in module.parameters()}
-    return ids
+            names |= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters()}
+    return {unwrapped_name(name) for name in names}
 
 
 def component_lrs(policy: TrainingPolicy) -> dict[str, float]:
@@ -30,18 +41,20 @@ def component_lrs(policy: TrainingPolicy) -> dict[str, float]:
     }
 
 
-def param_groups(model: nn.Module, policy: TrainingPolicy) -> list[dict]:
-    """One group per (component, decay) holding that component's trainable parameters."""
-    no_decay = _no_decay_ids(model)
+def param_groups(model: nn.Module, policy: TrainingPolicy, no_decay: set[str] | None = None) -> list[dict]:
+    """One group per (component, decay) holding that component's trainable parameters; `no_decay` is
+    `no_decay_names` of the unwrapped model (computed here when not given)."""
+    no_decay = no_decay_names(model) if no_decay is None else no_decay
     lrs = component_lrs(policy)
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        name = unwrapped_name(name)
         component = name.split(".", 1)[0]
         if component not in lrs:
             raise ValueError(f"trainable parameter {name!r} belongs to none of {list(COMPONENTS)}")
-        groups.setdefault((component, id(param) not in no_decay), []).append(param)
+        groups.setdefault((component, name not in no_decay), []).append(param)
     if not groups:
         raise ValueError("no trainable parameters: check the training stage")
     return [
@@ -70,8 +83,8 @@ def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0
     return factor
 
 
-def build_optimizer(model: nn.Module, policy: TrainingPolicy, total_steps: int):
-    optimizer = torch.optim.AdamW(param_groups(model, policy), betas=policy.betas, eps=policy.eps)
+def build_optimizer(model: nn.Module, policy: TrainingPolicy, total_steps: int, no_decay: set[str] | None = None):
+    optimizer = torch.optim.AdamW(param_groups(model, policy, no_decay), betas=policy.betas, eps=policy.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, policy.warmup_ratio, policy.min_lr_ratio)
     )
