@@ -74,3 +74,38 @@ def test_pack_layout_positions_segments_and_images():
     assert mask[1, 0, 5].tolist() == [False] * 5 + [True, False]  # padding attends to itself only (no NaN)
     with pytest.raises(ValueError, match="cannot be packed"):
         pack([S(8, 1)], pad_id=0, max_length=7)
+
+
+def test_flash_attention_gets_the_packed_rows_end_to_end_in_one_row(monkeypatch):
+    """transformers' flash attention splits samples by restarting position ids only in a one-row batch."""
+    from types import SimpleNamespace
+
+    module = VLMTrainingModule(tiny_vlm_config(), TrainingPolicy(stage="full"))
+    module.configure_model()
+    samples = samples_for(module)
+    packed = pack(samples, module.vlm.tokenizer.pad_token_id, max_length=sum(map(len, samples[:3])))
+    assert packed["input_ids"].shape[0] > 1
+    seen = {}
+    monkeypatch.setattr(module.vlm.llm.config, "_attn_implementation", "flash_attention_2")
+    monkeypatch.setattr(module.vlm, "forward", lambda **kw: seen.update(kw) or SimpleNamespace(loss=torch.zeros(())))
+    module(packed, num_items_in_batch=1.0)
+    assert seen["attention_mask"] is None
+    for name in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(seen[name], packed[name].reshape(1, -1)), name
+
+
+def test_packed_rows_end_to_end_with_per_sample_attention_equal_padding():
+    """The one-row layout flash attention gets (above) computes what padding does: no target crosses rows."""
+    module = VLMTrainingModule(tiny_vlm_config(), TrainingPolicy(stage="full"))
+    module.configure_model()
+    samples = samples_for(module)
+    pad_id = module.vlm.tokenizer.pad_token_id
+    packed = pack(samples, pad_id, max_length=sum(map(len, samples[:3])))
+    rows = packed["segment_ids"].shape[0]
+    offsets = torch.arange(rows).view(-1, 1) * (int(packed["segment_ids"].max()) + 1)
+    one_row = {name: packed[name].reshape(1, -1) for name in ("input_ids", "labels", "position_ids", "attention_mask")}
+    one_row["segment_ids"] = torch.where(packed["segment_ids"] > 0, packed["segment_ids"] + offsets, 0).reshape(1, -1)
+    one_row["pixel_values"] = packed["pixel_values"]
+    loss_one_row, _ = loss_and_grads(module, one_row)
+    loss_padded, _ = loss_and_grads(module, collate(samples, pad_id))
+    torch.testing.assert_close(loss_one_row, loss_padded, rtol=1e-5, atol=1e-4)

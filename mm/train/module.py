@@ -80,13 +80,20 @@ class VLMTrainingModule(L.LightningModule):
         pixel_values = batch.get("pixel_values")
         if pixel_values is not None:
             pixel_values = self.image_transform.normalize(pixel_values)
-        attention_mask = self._packed_mask(batch["segment_ids"]) if "segment_ids" in batch else batch["attention_mask"]
+        rows = {"input_ids": batch["input_ids"], "labels": batch["labels"], "position_ids": batch.get("position_ids")}
+        if "segment_ids" not in batch:
+            attention_mask = batch["attention_mask"]
+        else:
+            attention_mask = self._packed_mask(batch["segment_ids"])
+            if attention_mask is None:
+                # Flash attention finds packed samples from restarting position ids only in a batch of one
+                # row, so the rows are laid end to end (images stay in order; a row's first token is never
+                # a target, so no target crosses rows).
+                rows = {name: tensor.reshape(1, -1) for name, tensor in rows.items()}
         return self.vlm(
-            input_ids=batch["input_ids"],
+            **rows,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
-            labels=batch["labels"],
-            position_ids=batch.get("position_ids"),
             num_items_in_batch=num_items_in_batch,
             return_logits=False,  # only the loss is needed: the head runs on labelled positions only
         )
@@ -94,7 +101,7 @@ class VLMTrainingModule(L.LightningModule):
     def _packed_mask(self, segment_ids: torch.Tensor) -> torch.Tensor | None:
         """The per-sample mask in the form the LLM's attention backend takes (transformers passes 4-D
         masks through unchanged): boolean for sdpa, additive for eager; flash attention takes none and
-        finds the samples from the restarting `position_ids`."""
+        finds the samples from the restarting `position_ids` (of one row: see `forward`)."""
         backend = self.vlm.llm.config._attn_implementation
         if backend.startswith("flash_attention"):
             return None
