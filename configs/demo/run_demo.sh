@@ -71,16 +71,26 @@ done
 
 python - "$DIR" <<'PY'
 import json, sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
-root = Path(sys.argv[1]) / "eval"
-vqa = json.loads((root / "synth_vqa" / "metrics.json").read_text())
-print("\nsynth_vqa (held-out scenes): accuracy per question type vs chance")
-print(f"{'question type':<16} {'accuracy %':>10} {'chance %':>9}")
+root = Path(sys.argv[1])
+vqa = json.loads((root / "eval" / "synth_vqa" / "metrics.json").read_text())
+# Two baselines: a uniform guess over each program's answers (chance), and always giving the program's most
+# frequent held-out answer (majority): an accuracy at the majority figure has learned nothing from the image.
+annotations = json.loads((root / "synth" / "eval" / "vqa" / "annotations.json").read_text())["annotations"]
+answers = defaultdict(Counter)
+for annotation in annotations:
+    answers[annotation["question_type"]][annotation["multiple_choice_answer"]] += 1
+majority = {qtype: 100 * max(c.values()) / sum(c.values()) for qtype, c in answers.items()}
+print("\nsynth_vqa (held-out scenes): accuracy per question type vs two baselines")
+print(f"{'question type':<16} {'accuracy %':>10} {'chance %':>9} {'majority %':>11}")
 for qtype, row in sorted(vqa["vs_chance"].items()):
-    print(f"{qtype:<16} {row['accuracy']:>10.1f} {row['chance'] if row['chance'] is not None else float('nan'):>9.1f}")
-print(f"{'overall':<16} {vqa['overall']:>10.1f} {vqa.get('chance_overall', float('nan')):>9.1f}")
-mc = json.loads((root / "synth_mc" / "metrics.json").read_text())
+    chance = row["chance"] if row["chance"] is not None else float("nan")
+    print(f"{qtype:<16} {row['accuracy']:>10.1f} {chance:>9.1f} {majority.get(qtype, float('nan')):>11.1f}")
+overall_majority = sum(max(c.values()) for c in answers.values()) / len(annotations) * 100
+print(f"{'overall':<16} {vqa['overall']:>10.1f} {vqa.get('chance_overall', float('nan')):>9.1f} {overall_majority:>11.1f}")
+mc = json.loads((root / "eval" / "synth_mc" / "metrics.json").read_text())
 print(f"\nsynth_mc (4 options, chance 25.0%): accuracy {mc['overall']:.1f}%")
 PY
 stamp "done"
