@@ -311,6 +311,20 @@ def test_source_by_image_dir_names_the_sub_datasets_of_a_mixture():
     assert source_by_image_dir("mix665k", ["top.jpg"]) == "mix665k/."
 
 
+def write_numbered_jpegs(tmp_path, count: int) -> Path:
+    """`count` small JPEGs in tmp_path/images (returned) and their annotations in tmp_path/d.json (enough
+    work to interrupt a running mm-prep)."""
+    root = tmp_path / "images"
+    root.mkdir()
+    data = image_bytes("JPEG", (16, 16))
+    records = []
+    for i in range(count):
+        (root / f"{i}.jpg").write_bytes(data)
+        records.append({"id": i, "image": f"{i}.jpg", "conversations": [human("<image>\nWhat?"), gpt(f"Number {i}.")]})
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    return root
+
+
 def test_resume_after_sigkill_of_the_real_command(tmp_path):
     import os
     import signal
@@ -318,14 +332,7 @@ def test_resume_after_sigkill_of_the_real_command(tmp_path):
     import sys
     import time
 
-    root = tmp_path / "images"
-    root.mkdir()
-    data = image_bytes("JPEG", (16, 16))
-    records = []
-    for i in range(600):
-        (root / f"{i}.jpg").write_bytes(data)
-        records.append({"id": i, "image": f"{i}.jpg", "conversations": [human("<image>\nWhat?"), gpt(f"Number {i}.")]})
-    (tmp_path / "d.json").write_text(json.dumps(records))
+    root = write_numbered_jpegs(tmp_path, 600)
 
     def command(out):
         return ["llava", "--annotations", str(tmp_path / "d.json"), "--image-root", str(root), "--out", str(out),
@@ -489,14 +496,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     import sys
     import time
 
-    root = tmp_path / "images"
-    root.mkdir()
-    data = image_bytes("JPEG", (16, 16))
-    records = []
-    for i in range(3000):
-        (root / f"{i}.jpg").write_bytes(data)
-        records.append({"id": i, "image": f"{i}.jpg", "conversations": [human("<image>\nWhat?"), gpt(f"Number {i}.")]})
-    (tmp_path / "d.json").write_text(json.dumps(records))
+    root = write_numbered_jpegs(tmp_path, 3000)
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-c", "import sys; from data_prep.cli import main; sys.exit(main(sys.argv[1:]))",
                                 "llava", "--annotations", str(tmp_path / "d.json"), "--image-root", str(root), "--out", str(out),
