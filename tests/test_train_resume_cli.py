@@ -152,3 +152,26 @@ def test_ckpt_path_last_without_a_checkpoint_fails_loudly(tmp_path):
     assert done.returncode != 0
     assert "no checkpoint to resume" in done.stderr and str(tmp_path / "run") in done.stderr
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_resume_with_another_number_of_ranks_is_one_error_line(tmp_path, capsys):
+    from mm.train.cli import main
+    from train_helpers import tiny_cli_config
+
+    write_shards(tmp_path / "data", [4])
+    config = tmp_path / "run.yaml"
+    config.write_text(tiny_cli_config(tmp_path / "run", tmp_path / "data", steps=1, trainer="""  logger: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true}}"""))
+    main(["fit", "--config", str(config)])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert state["mm"]["world_size"] == 1 and len(state["mm"]["rng"]) == 1
+    state["mm"]["world_size"] = 2  # as if written by a 2-rank run
+    torch.save(state, last)
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--ckpt_path", "last"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "written by 2 ranks" in err[-1] and "Traceback" not in "\n".join(err)

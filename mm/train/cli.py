@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
-from mm.train.module import VLMTrainingModule
+from mm.train.module import CheckpointMismatch, VLMTrainingModule
 from mm.train.strategies import UnsupportedStrategy, check_strategy
 
 
@@ -84,9 +84,9 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
 def main(args=None) -> None:
     try:
         make_cli(args)
-    except (ShardSourceError, UnsupportedStrategy, ExportTargetError) as error:
-        # a mistake in the data, strategy or export options, found before training: one line, no traceback,
-        # rc 2 like the other CLIs' usage errors
+    except (ShardSourceError, UnsupportedStrategy, ExportTargetError, CheckpointMismatch) as error:
+        # a mistake in the data, strategy, export or resume options, found before training: one line, no
+        # traceback, rc 2 like the other CLIs' usage errors
         print(f"mm-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

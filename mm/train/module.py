@@ -34,6 +34,10 @@ from mm.transforms import ImageTransform
 log = logging.getLogger(__name__)
 
 
+class CheckpointMismatch(ValueError):
+    """`--ckpt_path` names a checkpoint this run cannot continue (another model, stage or number of ranks)."""
+
+
 class VLMTrainingModule(L.LightningModule):
     def __init__(
         self,
@@ -250,14 +254,14 @@ class VLMTrainingModule(L.LightningModule):
         model_keys = set(self.state_dict())
         unknown, missing = sorted(saved - model_keys), sorted(self.trainable_keys() - saved)
         if unknown or missing:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"checkpoint does not match this model/stage: unknown keys {unknown[:5]}, missing trainable keys "
                 f"{missing[:5]} ({len(unknown)} unknown, {len(missing)} missing)"
             )
         extra = checkpoint.get("mm", {})
         saved_world = extra.get("world_size", 1)
         if saved_world != self.trainer.world_size:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"checkpoint was written by {saved_world} ranks and this run has {self.trainer.world_size}: the "
                 f"data position and RNG streams are per rank, so resume with {saved_world} ranks (or start a new "
                 "run with --model.policy.init_from on an export)"
