@@ -74,7 +74,7 @@ def score_task(task_name: str, options, predictions_file: str | Path, out_dir: s
     out_dir = output_folder(out_dir)
     questions = read_questions(task_name, options) if questions is None else questions
     records = read_predictions(predictions_file)
-    metrics = score_predictions(task, options, questions, records)
+    metrics = score_predictions(task, options, questions, records, out_dir)
     if questions and records and metrics["answered"] == 0:  # e.g. another task's file: refuse, not a silent 0
         raise TaskDataError(f"{predictions_file}: none of its {len(records)} predictions has the id of a {task_name} "
                             f"question (e.g. {task.prediction_id(records[0])!r}); is it another task's file?")

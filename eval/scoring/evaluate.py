@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 from eval.predictions import id_key
@@ -11,7 +12,8 @@ from eval.tasks.base import Question, Task
 log = logging.getLogger(__name__)
 
 
-def score_predictions(task: Task, options: Any, questions: Sequence[Question], records: Sequence[dict]) -> dict:
+def score_predictions(task: Task, options: Any, questions: Sequence[Question], records: Sequence[dict],
+                      out_dir: Path | None = None) -> dict:
     """Metrics of `task` plus `num_questions`, `answered`, `missing` (questions without a prediction,
     scored as wrong or, for POPE, left out of the confusion counts), `unknown_ids` (predictions for
     no question) and `duplicates` (the first prediction of an id is used)."""
@@ -31,7 +33,12 @@ def score_predictions(task: Task, options: Any, questions: Sequence[Question], r
     if missing or unknown or duplicates:
         log.warning("%s: %d questions without a prediction, %d predictions for unknown ids, %d duplicates",
                     task.name, missing, unknown, duplicates)
-    metrics = task.score(options, questions, aligned)
+    if task.score_writes_files:
+        if out_dir is None:
+            raise ValueError(f"task {task.name} keeps files beside its metrics: pass out_dir")
+        metrics = task.score(options, questions, aligned, out_dir=Path(out_dir))
+    else:
+        metrics = task.score(options, questions, aligned)
     counts = {"num_questions": len(questions), "answered": len(questions) - missing, "missing": missing,
               "unknown_ids": unknown, "duplicates": duplicates}
     return {"overall": metrics.pop("overall"), **counts, **metrics}

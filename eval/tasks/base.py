@@ -39,6 +39,9 @@ class Task:
     score: Callable[[Any, Sequence[Question], Sequence[str | None]], dict]
     # maps a prediction record to its question id (other codebases may split ids across fields)
     prediction_id: Callable[[dict], Any] = field(default=lambda record: record["question_id"])
+    # True for scorers that keep files beside the metrics (e.g. a judge's cache): score() then also gets
+    # `out_dir=` the run or score folder
+    score_writes_files: bool = False
 
 
 def option(help: str, default: Any = MISSING, file_option: bool = False) -> Any:
