@@ -7,13 +7,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
 
 from eval.distributed import Ranks, barrier, existing_prediction_files, gather, part_file, shard
-from eval.predictions import append_predictions, id_key, recover_partial
+from eval.predictions import append_predictions, id_key, parse_predictions, recover_partial
 from eval.tasks.base import Question, TaskDataError
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,17 @@ def resolve_dtype(name: str | None, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def conversation(question: Question, image_token: str) -> list[dict]:
-    """LLaVA's single-turn question: one placeholder line per image, then the prompt."""
-    return [{"from": "human", "value": f"{image_token}\n" * len(question.images) + question.prompt}]
+def conversation(question: Question, image_token: str, earlier_answers: Sequence[str] = ()) -> list[dict]:
+    """LLaVA's question: one placeholder line per image, then the prompt; a later turn replays the earlier
+    prompts with the model's own answers to them."""
+    if len(earlier_answers) != len(question.history):
+        raise ValueError(f"question {question.question_id}: {len(question.history)} earlier turns, "
+                         f"{len(earlier_answers)} answers")
+    prompts = [prompt for _, prompt in question.history] + [question.prompt]
+    turns = [{"from": "human", "value": f"{image_token}\n" * len(question.images) + prompts[0]}]
+    for answer, prompt in zip(earlier_answers, prompts[1:]):
+        turns += [{"from": "gpt", "value": answer}, {"from": "human", "value": prompt}]
+    return turns
 
 
 def check_images(questions: Sequence[Question]) -> None:
@@ -83,13 +91,17 @@ class Generator:
                     raise TaskDataError(f"cannot decode {name}: {error}") from None
         return torch.stack(pixels) if pixels else None
 
-    def encode(self, batch: Sequence[Question]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded input ids and attention mask."""
+    def encode(self, batch: Sequence[Question], earlier_answers: Mapping[str, str] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input ids and attention mask; `earlier_answers` (by question id) fills the
+        model's turns of multi-turn questions."""
         from mm.chat import encode_prompt
 
         image_token = self.model.config.image_token
-        rows = [encode_prompt(conversation(q, image_token), self.tokenizer, self.settings.template,
-                              tokens_per_image=self.model.tokens_per_image, image_token=image_token) for q in batch]
+        earlier_answers = earlier_answers or {}
+        rows = [encode_prompt(conversation(q, image_token, [earlier_answers[id_key(i)] for i, _ in q.history]),
+                              self.tokenizer, self.settings.template, tokens_per_image=self.model.tokens_per_image,
+                              image_token=image_token) for q in batch]
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -107,9 +119,10 @@ class Generator:
         return texts
 
     @torch.inference_mode()
-    def answer(self, batch: Sequence[Question], pixels: torch.Tensor | None) -> list[str]:
+    def answer(self, batch: Sequence[Question], pixels: torch.Tensor | None,
+               earlier_answers: Mapping[str, str] | None = None) -> list[str]:
         device = self.model.device
-        ids, mask = self.encode(batch)
+        ids, mask = self.encode(batch, earlier_answers)
         pixel_values = None if pixels is None else self.transform.normalize(pixels.to(device), self.dtype)
         tokens = self.model.generate(ids.to(device), mask.to(device), pixel_values,
                                      max_new_tokens=self.settings.max_new_tokens, do_sample=False,
@@ -136,12 +149,47 @@ def pending_questions(questions: Sequence[Question], out_dir: Path, ranks: Ranks
     return shard(todo, ranks.rank, ranks.world_size)
 
 
+def answers_so_far(out_dir: Path) -> dict[str, str]:
+    """Text by question id over the predictions file and every rank's part file (first answer per id)."""
+    answers: dict[str, str] = {}
+    for path in existing_prediction_files(out_dir):
+        for record in parse_predictions(path, torn_tail=True)[0]:
+            answers.setdefault(id_key(record["question_id"]), record["text"])
+    return answers
+
+
+def conversation_rounds(questions: Sequence[Question]) -> list[list[Question]]:
+    """Questions grouped by how many earlier turns they have: round k needs the answers of round k - 1."""
+    depths = sorted({len(q.history) for q in questions})
+    return [[q for q in questions if len(q.history) == depth] for depth in depths]
+
+
 def generate_predictions(generator: Generator, questions: Sequence[Question], out_dir: Path, ranks: Ranks,
                          model_id: str, task_name: str) -> dict:
-    """Answer this rank's pending questions, appending each batch to its file; rank 0 gathers.
-    Returns timings for the run record."""
+    """Answer this rank's pending questions round by round (later turns after the earlier ones everywhere),
+    appending each batch to its file; rank 0 gathers. Returns timings for the run record."""
+    generated, seconds = 0, 0.0
+    for round_questions in conversation_rounds(questions):
+        earlier = answers_so_far(out_dir) if round_questions[0].history else {}
+        count, spent = _generate_round(generator, round_questions, earlier, out_dir, ranks, model_id, task_name)
+        generated, seconds = generated + count, seconds + spent
+        barrier()  # every rank's answers of this round are on disk before the next round reads them
+    # Part files exist under torchrun, or when an interrupted multi-rank run is resumed by fewer ranks.
+    if ranks.rank == 0 and list(out_dir.glob("predictions.rank*.jsonl")):
+        gather(out_dir)
+    barrier()
+    return {"generated": generated, "generation_seconds": round(seconds, 3),
+            "samples_per_second": round(generated / seconds, 3) if seconds > 0 and generated else None}
+
+
+def _generate_round(generator: Generator, questions: Sequence[Question], earlier: Mapping[str, str], out_dir: Path,
+                    ranks: Ranks, model_id: str, task_name: str) -> tuple[int, float]:
     mine = pending_questions(questions, out_dir, ranks)
     check_images(mine)
+    unanswered = sorted({str(i) for q in mine for i, _ in q.history if id_key(i) not in earlier})
+    if unanswered:
+        raise TaskDataError(f"earlier turns without an answer: {', '.join(unanswered[:5])} (is --limit cutting a "
+                            "conversation? the predictions file lacks them)")
     target = part_file(out_dir, ranks)
     target.touch()
     start = time.perf_counter()
@@ -152,17 +200,10 @@ def generate_predictions(generator: Generator, questions: Sequence[Question], ou
             pixels = upcoming.result()
             if index + 1 < len(planned):
                 upcoming = pool.submit(generator.load_images, planned[index + 1])
-            texts = generator.answer(batch, pixels)
+            texts = generator.answer(batch, pixels, earlier)
             append_predictions(target, (
                 {"question_id": q.question_id, "prompt": q.prompt, "text": text, "model_id": model_id,
                  "metadata": {"task": task_name}} for q, text in zip(batch, texts)))
             if (index + 1) % max(1, len(planned) // 10) == 0 or index + 1 == len(planned):
                 log.info("rank %d: %d/%d batches", ranks.rank, index + 1, len(planned))
-    seconds = time.perf_counter() - start
-    barrier()
-    # Part files exist under torchrun, or when an interrupted multi-rank run is resumed by fewer ranks.
-    if ranks.rank == 0 and list(out_dir.glob("predictions.rank*.jsonl")):
-        gather(out_dir)
-    barrier()
-    return {"generated": len(mine), "generation_seconds": round(seconds, 3),
-            "samples_per_second": round(len(mine) / seconds, 3) if seconds > 0 and mine else None}
+    return len(mine), time.perf_counter() - start

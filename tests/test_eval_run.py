@@ -117,11 +117,11 @@ def test_resume_after_crash_mid_run(setup, reference, monkeypatch):
     real = runner.Generator.answer
     calls = {"n": 0}
 
-    def crash_on_third_batch(self, batch, pixels):
+    def crash_on_third_batch(self, batch, pixels, *rest):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated crash")
-        return real(self, batch, pixels)
+        return real(self, batch, pixels, *rest)
 
     monkeypatch.setattr(runner.Generator, "answer", crash_on_third_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -19,12 +19,15 @@ class TaskDataError(ValueError):
 @dataclass(frozen=True)
 class Question:
     """One question to answer: `prompt` is the text after the image placeholders; `truth` is what the
-    scorer needs (never shown to the model)."""
+    scorer needs (never shown to the model). A later turn of a conversation lists the earlier turns in
+    `history` as (question id, prompt): the model sees its own answers to them (the predictions under
+    those ids), and the images go before the first turn's prompt."""
 
     question_id: int | str
     prompt: str
     images: tuple[ImageSource, ...]
     truth: Any = None
+    history: tuple[tuple[int | str, str], ...] = ()
 
 
 @dataclass(frozen=True)
