@@ -44,6 +44,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--template", default=None, help="chat template (default: the checkpoint's config.chat_template)")
     parser.add_argument("--image-workers", type=int, default=4, help="threads decoding images ahead of generation")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (default): greedy, as the benchmarks define; > 0: sampling (e.g. PIF-N-K's N runs)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a hub checkpoint")
 
 
@@ -53,13 +57,16 @@ def _prepare_model(args):
 
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
         raise TaskDataError("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise TaskDataError("--temperature must be >= 0 and --top-p in (0, 1]")
     output_folder(args.out)  # before the (slow) model load
     ranks = Ranks.from_env()
     device = pick_device(args.device, ranks)
     init_process_group(ranks, device)
     model, dtype = load_model(args.checkpoint, device, args.dtype, args.trust_remote_code)
     settings = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                  template=args.template or model.config.chat_template, image_workers=args.image_workers)
+                                  template=args.template or model.config.chat_template, image_workers=args.image_workers,
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     return model, dtype, settings, device, ranks
 
 

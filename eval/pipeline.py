@@ -21,7 +21,7 @@ from eval.tasks.base import TaskDataError, file_options, json_object
 
 log = logging.getLogger(__name__)
 # Settings that must match when a run directory is resumed (answers of mixed settings are not one run).
-RESUME_KEYS = ("task", "data", "checkpoint", "prompt_template", "max_new_tokens", "dtype")
+RESUME_KEYS = ("task", "data", "checkpoint", "prompt_template", "max_new_tokens", "dtype", "sampling")
 
 
 def build_options(task_name: str, values: dict[str, Any], where: str | None = None):
@@ -143,12 +143,13 @@ def run_record(model, dtype, checkpoint: str, task_name: str, options, settings:
     dtype_name = str(dtype).replace("torch.", "")
     return {
         "resume": {"task": task_name, "data": asdict(options), "checkpoint": checkpoint_path,
-                   "prompt_template": settings.template, "max_new_tokens": settings.max_new_tokens, "dtype": dtype_name},
+                   "prompt_template": settings.template, "max_new_tokens": settings.max_new_tokens, "dtype": dtype_name,
+                   "sampling": settings.sampling},
         "status": "running", "mm_version": mm.__version__, "command": sys.argv,
         "model": {"checkpoint": checkpoint_path, "config": model.config.to_dict()},
         "task": task_name, "data_files": file_options(options), "data": asdict(options),
         "prompt_template": settings.template,
-        "generation": {"greedy": True, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+        "generation": {"greedy": settings.sampling is None, "sampling": settings.sampling, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
                        "dtype": dtype_name, "device": device, "world_size": ranks.world_size},
         "limit": limit, "num_questions": num_questions,
     }

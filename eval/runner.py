@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,19 @@ class GenerationSettings:
     """Chat template used to build prompts."""
     image_workers: int = 4
     """Threads decoding the next batch's images while the current one generates."""
+    temperature: float = 0.0
+    """0: greedy (the benchmarks' protocol); above 0: sampling, e.g. the N responses of PIF-N-K."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with temperature > 0)."""
+    seed: int = 0
+    """Seed of sampling; each batch draws from a stream named by the seed and its question ids, so a
+    command repeated gives the same answers (another batch size, rank count or a resume forms other
+    batches, hence other draws)."""
+
+    @property
+    def sampling(self) -> dict | None:
+        """The sampling settings, or None when greedy (what run.json records and a resume must match)."""
+        return None if self.temperature == 0 else {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
 
 
 def resolve_dtype(name: str | None, device: str) -> torch.dtype:
@@ -110,6 +124,16 @@ class Generator:
             mask[i, width - len(row):] = 1
         return ids, mask
 
+    def sampling_arguments(self, batch: Sequence[Question], device) -> dict:
+        """generate()'s sampling keywords: none when greedy, else a generator seeded by the batch's ids."""
+        settings = self.settings
+        if settings.temperature == 0:
+            return {"do_sample": False}
+        name = f"{settings.seed}:" + ",".join(id_key(q.question_id) for q in batch)
+        seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "generator": generator}
+
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Text of each row up to its first stop token, stripped like LLaVA's outputs."""
         texts = []
@@ -125,8 +149,8 @@ class Generator:
         ids, mask = self.encode(batch, earlier_answers)
         pixel_values = None if pixels is None else self.transform.normalize(pixels.to(device), self.dtype)
         tokens = self.model.generate(ids.to(device), mask.to(device), pixel_values,
-                                     max_new_tokens=self.settings.max_new_tokens, do_sample=False,
-                                     eos_token_id=self.stop_ids)
+                                     max_new_tokens=self.settings.max_new_tokens, eos_token_id=self.stop_ids,
+                                     **self.sampling_arguments(batch, device))
         return self.decode(tokens.cpu())
 
 

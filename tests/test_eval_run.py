@@ -258,3 +258,52 @@ def test_suite_runs_synth_tasks_and_writes_summary(setup, tmp_path):
         assert json.loads((tmp_path / "s" / name / "run.json").read_text())["task"] == name
     summary = (tmp_path / "s" / "summary.md").read_text().splitlines()
     assert summary[0] == "| run | synth_mc | synth_pope | synth_vqa |"
+
+
+def test_sampling_is_seeded_recorded_and_guarded_on_resume(setup, reference, tmp_path):
+    """--temperature > 0 samples: the same seed gives the same answers, another seed others (some question at
+    least), run.json records it, and a greedy rerun into the folder is refused."""
+    runs = {}
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        _run(setup, tmp_path / name, "--batch-size", "8", "--temperature", "1.5", "--seed", seed)
+        runs[name] = _answers(tmp_path / name)
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"] and runs["a"] != reference[1]
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["generation"]["sampling"] == {"temperature": 1.5, "top_p": 1.0, "seed": 1}
+    assert record["generation"]["greedy"] is False
+    root, options = setup
+    code = main(["run", "--checkpoint", str(root / "ckpt"), "--task", "vqav2", "--out", str(tmp_path / "a"),
+                 "--device", "cpu", "--max-new-tokens", MAX_NEW, "--questions", options["questions"],
+                 "--annotations", options["annotations"], "--image-root", options["image_root"]])
+    assert code == 2
+
+
+def test_later_turns_replay_the_models_own_earlier_answers(setup):
+    """A multi-turn question is asked after its earlier turns are answered, and its prompt holds those answers:
+    the answer equals generating on the conversation built by hand from the turn-0 prediction."""
+    from eval.runner import GenerationSettings, Generator, conversation, generate_predictions
+    from eval.distributed import Ranks
+    from eval.tasks.base import Question
+    import mm
+
+    root, options = setup
+    model = mm.load_pretrained(root / "ckpt").eval()
+    image = Path(options["image_root"]) / sorted(p.name for p in Path(options["image_root"]).iterdir())[0]
+    first = Question("k/0", "What is shown?", (image,))
+    second = Question("k/1", "And its colour?", (image,), history=(("k/0", "What is shown?"),))
+    single = Question("s", "Anything else?", (image,))
+    generator = Generator(model, GenerationSettings(batch_size=2, max_new_tokens=int(MAX_NEW), image_workers=1),
+                          torch.float32)
+    out = root / "multi_turn"
+    out.mkdir()
+    generate_predictions(generator, [second, first, single], out, Ranks(), "tiny", "test")
+    answers = _answers(out)
+    assert set(answers) == {"k/0", "k/1", "s"}
+    turns = conversation(second, model.config.image_token, [answers["k/0"]])
+    assert [t["from"] for t in turns] == ["human", "gpt", "human"] and turns[1]["value"] == answers["k/0"]
+    assert turns[0]["value"].startswith(model.config.image_token)
+    alone = Generator(model, GenerationSettings(batch_size=1, max_new_tokens=int(MAX_NEW)), torch.float32)
+    assert alone.answer([second], alone.load_images([second]), {"k/0": answers["k/0"]}) == [answers["k/1"]]
+    with pytest.raises(ValueError, match="earlier turns"):
+        conversation(second, model.config.image_token, [])
