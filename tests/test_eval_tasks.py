@@ -316,7 +316,7 @@ def test_mmbench_tsv_index_that_is_not_a_number(tmp_path):
     tsv = tmp_path / "bad.tsv"
     tsv.write_text("\n".join([header, "\t".join(["zero", *row0.split("\t")[1:]])]) + "\n")
     assert _cli("score", "--task", "mmbench", "--tsv", str(tsv), "--predictions", str(FIX / "mmbench/predictions.jsonl"),
-                "--out", str(tmp_path / "out")) == (2, f"mm-eval: error: {tsv}:2 (--tsv): index 'zero' is not a whole number\n")
+                "--out", str(tmp_path / "out")) == (2, f"mm-eval: error: {tsv} (--tsv) data row 1: index 'zero' is not a whole number\n")
 
 
 @pytest.mark.parametrize("task, content, option, message", [

@@ -58,30 +58,49 @@ def scienceqa_metrics(items: Sequence[ChoiceItem]) -> dict:
 
 
 _OPTION_SEPARATORS = re.compile(r"[.()\[\],:;!*#{}]")
+# VLMEvalKit's marker of a failed judge call: such an answer never picks an option by its letter.
+MMBENCH_API_FAILURE = "Failed to obtain answer via API"
 # Refusals VLMEvalKit maps to "Z" (no option): matched case-sensitively anywhere in the answer.
 MMBENCH_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
                     "I'm sorry, but without the image provided", "Cannot determine the answer")
 NO_OPTION = "Z"
+# VLMEvalKit's `_VERBOSE_ANSWER_RE` (chain-of-thought answers: "The correct answer is **B**"); case-insensitive,
+# so "the answer is a dog" picks option A; searched in the answer as given.
+_VERBOSE_ANSWER = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
 def _choice_by_letter(text: str, options: dict[str, str]) -> str | None:
-    """VLMEvalKit's `can_infer_option` (VERBOSE unset): a refusal, or a lone "Z" word with no option
-    letter, is "Z"; exactly one option letter standing as a word is that option; else undecided."""
+    """VLMEvalKit's `can_infer_option` (VERBOSE unset), in its order:
+    1. an answer containing "Failed to obtain answer via API" is undecided here (option texts may still decide);
+    2. a refusal is "Z";
+    3. after turning `.()[],:;!*#{}` into spaces and splitting on whitespace: when exactly one option letter
+       stands as a word, that option if the letter's first occurrence is among the last four words
+       (`splits.index(ch) > len(splits) - 5`), else go on; when no option letter stands but "Z" does, "Z";
+    4. "answer is X" / "correct answer is X" (`_VERBOSE_ANSWER_RE`) with X an option letter;
+    5. else undecided."""
+    if MMBENCH_API_FAILURE in text:
+        return None
     if any(refusal in text for refusal in MMBENCH_REFUSALS):
         return NO_OPTION
     words = _OPTION_SEPARATORS.sub(" ", text).split()
     letters = [letter for letter in options if letter in words]
     if len(letters) == 1:
-        return letters[0]
-    if not letters and NO_OPTION in words:
+        if words.index(letters[0]) > len(words) - 5:
+            return letters[0]
+    elif not letters and NO_OPTION in words:
         return NO_OPTION
+    match = _VERBOSE_ANSWER.search(text)
+    if match and match.group(1).upper() in options:
+        return match.group(1).upper()
     return None
 
 
 def _choice_by_text(text: str, options: dict[str, str]) -> str | None:
-    """VLMEvalKit's `can_infer_text`: the option whose text occurs in the answer, if exactly one does
-    (case-insensitive)."""
+    """VLMEvalKit's `can_infer_text`: nothing when the (lowercased) answer is longer than twice the option
+    texts together; else the option whose text occurs in the answer, if exactly one does (case-insensitive)."""
     lowered = text.lower()
+    if len(lowered) > 2 * sum(len(str(option)) for option in options.values()):
+        return None
     by_text = [letter for letter, option in options.items() if str(option).lower() in lowered]
     return by_text[0] if len(by_text) == 1 else None
 
@@ -89,8 +108,8 @@ def _choice_by_text(text: str, options: dict[str, str]) -> str | None:
 def extract_choice(text: str, options: dict[str, str]) -> str | None:
     """The option a free-form answer picks ("Z" for none), or None when it cannot be told.
 
-    VLMEvalKit's rule-based `can_infer` (as of 2024-2025, commit aca64dbb): letters first, then option
-    texts, whenever the letters do not decide (none, or several). MMBench's GPT fallback is not used,
+    VLMEvalKit's rule-based `can_infer` (`vlmeval/utils/matching_util.py` at commit e8e78f05, 2026-08):
+    letters first, then option texts whenever the letters do not decide. MMBench's GPT fallback is not used,
     so undecided answers count as wrong and are reported.
     """
     return _choice_by_letter(text, options) or _choice_by_text(text, options)

@@ -1,20 +1,28 @@
-"""MMBench-dev: TSV with base64 images, scored with circular evaluation."""
+"""MMBench-dev: TSV with base64 images, scored with circular evaluation.
+
+The TSV is read as LLaVA (`llava/eval/model_vqa_mmbench.py`, `pd.read_table`) and VLMEvalKit (`load_tsv`,
+`pd.read_csv(path, sep='\\t')`) read it: pandas' CSV quoting (`\"\"\"Stop\"\" sign\"` is `\"Stop\" sign`, a quoted
+cell may hold a newline) and pandas' default missing values (empty, `nan`, `NA`, `None`, `N/A`, `null`, ...).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import io
-import sys
+import math
 from dataclasses import dataclass
 
 from eval.scoring.choice import CircularItem, mmbench_metrics
 from eval.tasks.base import LETTER_ANSWER, Question, TaskDataError, format_options, option, read_text
 
-LETTERS = ("A", "B", "C", "D", "E", "F")
+# LLaVA's `all_options`: the prompt shows options A-D only, stopping at the first missing one.
+PROMPT_LETTERS = ("A", "B", "C", "D")
+# VLMEvalKit's `build_choices` takes every column A-Z whose cell is not missing (pd.isna).
+CHOICE_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # Rotated copies of a question carry index + k * 1e6 (MMBench's own circular TSVs use this too).
 ROTATION_STRIDE = 1_000_000
+REQUIRED_COLUMNS = ("index", "question", "answer", "image", "A", "B")
 
 
 @dataclass
@@ -24,63 +32,123 @@ class MMBenchOptions:
     tsv: str = option("MMBench dev TSV (e.g. mmbench_dev_20230712.tsv, base64 images)", file_option=True)
 
 
-def _absent(value: str | None) -> bool:
-    return value is None or value.strip() == "" or value.strip().lower() in ("nan", "none")
+def is_missing(value) -> bool:
+    """pandas' `pd.isna` on one cell as read (NaN for a missing value); VLMEvalKit's test for options and hint."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _rows(path: str) -> list[dict]:
-    csv.field_size_limit(sys.maxsize)  # base64 images exceed csv's default field limit
-    text = io.StringIO(read_text(path, "tsv"), newline="")
-    rows = list(csv.DictReader(text, delimiter="\t", quoting=csv.QUOTE_NONE))
-    required = {"index", "question", "answer", "image", "A", "B"}
-    if rows and not required <= set(rows[0]):
-        raise TaskDataError(f"{path} (--tsv): missing columns {sorted(required - set(rows[0]))}")
-    for line, row in enumerate(rows, 2):  # line 1 is the header; QUOTE_NONE keeps a row on one line
-        if any(row[key] is None for key in required):
-            raise TaskDataError(f"{path}:{line} (--tsv): fewer columns than the header")
-        if not row["index"].strip().isdigit():
-            raise TaskDataError(f"{path}:{line} (--tsv): index {row['index']!r} is not a whole number")
-    return rows
+def llava_is_none(value) -> bool:
+    """LLaVA's `is_none`: missing, or the text "nan" / "none" in any case."""
+    return is_missing(value) or (isinstance(value, str) and value.lower() in ("nan", "none"))
 
 
-def _image_bytes(row: dict, images_by_index: dict[str, str], path: str) -> bytes:
+def llava_options(row: dict) -> list[str]:
+    """LLaVA's `get_options`: the cells A, B, C, D in order, up to the first that `is_none`."""
+    options = []
+    for letter in PROMPT_LETTERS:
+        value = row.get(letter)
+        if llava_is_none(value):
+            break
+        options.append(value)
+    return options
+
+
+def vlmevalkit_choices(row: dict) -> dict[str, str]:
+    """VLMEvalKit's `build_choices`: {letter: text} for every column A-Z present and not missing."""
+    return {letter: row[letter] for letter in CHOICE_LETTERS if letter in row and not is_missing(row[letter])}
+
+
+def read_tsv_rows(path: str) -> list[dict]:
+    """The TSV's rows as pandas reads them (all cells as text, missing cells as NaN); a file pandas cannot
+    parse is an error naming it."""
+    import pandas as pd
+
+    text = read_text(path, "tsv")  # missing file / not UTF-8: an error naming file and line
+    try:
+        # dtype=str keeps every cell as written (an all-number column stays "3", not 3 or 3.0); the default
+        # missing values still become NaN, as in the references.
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str)
+    except pd.errors.EmptyDataError:
+        raise TaskDataError(f"{path} (--tsv): empty file (no header line)") from None
+    except (pd.errors.ParserError, ValueError) as error:
+        raise TaskDataError(f"{path} (--tsv): not a readable TSV: {error}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise TaskDataError(f"{path} (--tsv): missing columns {missing}")
+    return frame.to_dict("records")
+
+
+def _where(path: str, number: int, row: dict) -> str:
+    return f"{path} (--tsv) data row {number} (index {row['index']!r})"
+
+
+def _index(row: dict, number: int, path: str) -> int:
+    value = row["index"]
+    if is_missing(value) or not value.strip().isdigit():
+        raise TaskDataError(f"{path} (--tsv) data row {number}: index {value!r} is not a whole number")
+    return int(value)
+
+
+def _image_bytes(row: dict, images_by_index: dict[str, str], where: str) -> bytes:
     value = row["image"]
+    if is_missing(value):
+        raise TaskDataError(f"{where}: no image")
     if value.isdigit():  # a rotated copy may point at its source row's image by index
         value = images_by_index.get(value, "")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise TaskDataError(f"{path} (--tsv) row {row['index']}: image is not valid base64") from None
+        raise TaskDataError(f"{where}: image is not valid base64") from None
 
 
-def _question(row: dict, index: int, options: list[str], answer: str, image: bytes) -> Question:
-    text = row["question"] if _absent(row.get("hint")) else f"{row['hint']}\n{row['question']}"
-    letters = LETTERS[: len(options)]
-    prompt = f"{text}\n{format_options(letters, options)}\n{LETTER_ANSWER}"
-    truth = CircularItem(index % ROTATION_STRIDE, answer, dict(zip(letters, options)), None,
-                         row.get("category", ""), row.get("l2-category", ""))
+def _text(value) -> str:
+    return "" if is_missing(value) else value
+
+
+def _question(row: dict, index: int, options: list[str], choices: dict[str, str], answer: str,
+              image: bytes) -> Question:
+    """LLaVA's prompt: hint (unless `is_none`) + "\\n" + question, then "\\nA. ..." per option, then the
+    single-prediction instruction."""
+    hint = row.get("hint")
+    text = row["question"] if llava_is_none(hint) else f"{hint}\n{row['question']}"
+    prompt = f"{text}\n{format_options(PROMPT_LETTERS, options)}\n{LETTER_ANSWER}"
+    truth = CircularItem(index % ROTATION_STRIDE, answer, choices, None,
+                         _text(row.get("category")), _text(row.get("l2-category")))
     return Question(index, prompt, (image,), truth)
 
 
 def read_mmbench(options: MMBenchOptions) -> list[Question]:
     """All rotations of each question: taken from the TSV when it already holds them (indices >= 1e6),
-    else generated by rotating the options (answer letter moves with its option)."""
-    rows = _rows(options.tsv)
-    images_by_index = {row["index"]: row["image"] for row in rows if not row["image"].isdigit()}
-    has_rotations = any(int(row["index"]) >= ROTATION_STRIDE for row in rows)
+    else generated by rotating the options as LLaVA's `--all-rounds` does (answer letter moves with its option).
+
+    Prompt options follow LLaVA (`get_options`); the options an answer is matched against follow VLMEvalKit
+    (`build_choices` on the row) for rows of the TSV, and are the rotated prompt options for generated rotations.
+    """
+    path = options.tsv
+    rows = read_tsv_rows(path)
+    indices = [_index(row, number, path) for number, row in enumerate(rows, 1)]
+    images_by_index = {row["index"]: row["image"] for row in rows
+                       if not is_missing(row["image"]) and not row["image"].isdigit()}
+    has_rotations = any(index >= ROTATION_STRIDE for index in indices)
     out = []
-    for row in rows:
-        index = int(row["index"])
-        opts = [row[letter] for letter in LETTERS if letter in row and not _absent(row[letter])]
-        answer = row["answer"].strip()
-        if answer not in LETTERS[: len(opts)]:
-            raise TaskDataError(f"{options.tsv} (--tsv) row {index}: answer {answer!r} is not one of its options")
-        image = _image_bytes(row, images_by_index, options.tsv)
-        rounds = 1 if has_rotations else len(opts)
-        for r in range(rounds):
+    for number, (row, index) in enumerate(zip(rows, indices), 1):
+        where = _where(path, number, row)
+        if is_missing(row["question"]):
+            raise TaskDataError(f"{where}: no question")
+        opts = llava_options(row)
+        answer = row["answer"]
+        if answer not in PROMPT_LETTERS[: len(opts)]:
+            raise TaskDataError(f"{where}: answer {answer!r} is not one of its options "
+                                f"{list(PROMPT_LETTERS[: len(opts)])}")
+        image = _image_bytes(row, images_by_index, where)
+        if has_rotations:
+            out.append(_question(row, index, opts, vlmevalkit_choices(row), answer, image))
+            continue
+        for r in range(len(opts)):
             rotated = opts[r:] + opts[:r]
-            rotated_answer = LETTERS[(LETTERS.index(answer) - r) % len(opts)]
-            out.append(_question(row, index + r * ROTATION_STRIDE, rotated, rotated_answer, image))
+            rotated_answer = PROMPT_LETTERS[(PROMPT_LETTERS.index(answer) - r) % len(opts)]
+            choices = dict(zip(PROMPT_LETTERS, rotated))
+            out.append(_question(row, index + r * ROTATION_STRIDE, rotated, choices, rotated_answer, image))
     return out
 
 
