@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eval.tasks import choice, gqa, mme, mmbench, pope, vqa
+from eval.tasks import choice, gqa, ifeval_mm, mme, mmbench, pope, vqa
 from eval.tasks.base import Question, Task, TaskDataError
 
 TASKS: dict[str, Task] = {
@@ -23,6 +23,8 @@ TASKS: dict[str, Task] = {
         Task("synth_vqa", "mm-prep synth VQA split, accuracy next to chance", vqa.SynthVQAOptions, vqa.read_synth_vqa,
              vqa.score_synth_vqa),
         Task("synth_pope", "mm-prep synth POPE splits", pope.SynthPOPEOptions, pope.read_synth_pope, pope.score_pope),
+        Task("ifeval_mm", "IFEval instructions on image prompts, single- and multi-turn (MMMT-IF PIF)",
+             ifeval_mm.IFEvalMMOptions, ifeval_mm.read_ifeval_mm, ifeval_mm.score_ifeval_mm),
         Task("synth_mc", "mm-prep synth multiple choice (SEED layout)", choice.SynthMCOptions, choice.read_synth_mc,
              choice.score_seed),
     )
