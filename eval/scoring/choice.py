@@ -41,6 +41,7 @@ class ChoiceItem:
     num_choices: int = 4
     group: str = ""
     subgroup: str = ""
+    data_type: str = "image"  # SEED-Bench's `data_type` ("image" or "video")
 
 
 def scienceqa_metrics(items: Sequence[ChoiceItem]) -> dict:
@@ -158,11 +159,23 @@ def mmbench_metrics(items: Sequence[CircularItem]) -> dict:
 
 
 def seed_metrics(items: Sequence[ChoiceItem]) -> dict:
-    """SEED-Bench: the prediction text must equal the answer letter exactly; per question type
-    (`group`) and overall, correct / count * 100 with 2 decimals as LLaVA's converter prints them."""
+    """SEED-Bench as LLaVA's `convert_seed_for_submission.py` scores it: the prediction text must equal the
+    answer letter exactly; a question without a prediction is wrong; correct / count * 100, 2 decimals as it
+    prints them. `overall` is its "image accuracy" line. Where video questions are among the items, also its
+    three summary lines: `image` and `video` (the questions of that `data_type`) and `total` (all of them, its
+    "Total accuracy"); `per_question_type` is over all items, as its per-type lines."""
     right = [i.prediction is not None and i.prediction == i.answer for i in items]
-    return {
-        "overall": round(fraction_percent(sum(right), len(items)), 2),
-        "per_question_type": grouped_mean_percent(((i.group, float(r)) for i, r in zip(items, right)),
-                                                  to_percent=fraction_percent),
-    }
+    image = [r for i, r in zip(items, right) if i.data_type == "image"]
+    metrics = {"overall": round(fraction_percent(sum(image), len(image)), 2)}
+    if any(i.data_type == "video" for i in items):
+        video = [r for i, r in zip(items, right) if i.data_type == "video"]
+        metrics.update({
+            "image": metrics["overall"],
+            "video": round(fraction_percent(sum(video), len(video)), 2),
+            "total": round(fraction_percent(sum(right), len(right)), 2),
+            "image_questions": len(image),
+            "video_questions": len(video),
+        })
+    metrics["per_question_type"] = grouped_mean_percent(((i.group, float(r)) for i, r in zip(items, right)),
+                                                        to_percent=fraction_percent)
+    return metrics

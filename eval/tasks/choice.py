@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eval.scoring.choice import SCIENCEQA_LETTERS, ChoiceItem, scienceqa_metrics, seed_metrics
@@ -69,35 +69,53 @@ class SEEDOptions:
     questions: str = option("SEED-Bench.json", file_option=True)
     image_root: str = option("folder with the SEED-Bench images (SEED-Bench-image)", "", file_option=True)
     image_pattern: str = option("image file name, formatted with data_id", "{data_id}")
+    video_frames: str = option("video questions too, each shown as one frame (LLaVA: the middle frame, "
+                               "SEED-Bench-video-image/): the frame's path, formatted with data_id, question_id "
+                               "and question_type_id; empty: video questions are left out", "")
 
 
-def read_seed_layout(path: str, image_root: str, image_pattern: str, option_name: str = "questions") -> list[Question]:
-    """Image questions of a SEED-Bench-layout JSON; per-type breakdown uses its `question_type` names."""
+def _video_frame(pattern: str, record: dict, where: str) -> Path:
+    values = {key: field_of(record, key, where) for key in ("data_id", "question_id", "question_type_id")}
+    try:
+        return Path(pattern.format(**values))
+    except (KeyError, ValueError, IndexError) as error:
+        raise TaskDataError(f"--video-frames {pattern!r} cannot be filled with {sorted(values)}: {error}") from None
+
+
+def read_seed_layout(path: str, image_root: str, image_pattern: str, option_name: str = "questions",
+                     video_frames: str = "") -> list[Question]:
+    """Image questions of a SEED-Bench-layout JSON, and its video questions when `video_frames` names their
+    frames; per-type breakdown uses its `question_type` names."""
     data = json_object(load_json(path, option_name), path)
     type_names = {number: name for name, number in json_object(data.get("question_type", {}), path).items()}
     out = []
     for number, record in enumerate(field_of(data, "questions", path), 1):
         where = f"{path} question {json_object(record, f'{path} questions entry {number}').get('question_id')}"
-        if field_of(record, "data_type", where) != "image":
+        data_type = field_of(record, "data_type", where)
+        if data_type != "image" and not (data_type == "video" and video_frames):
             continue
         choices = [field_of(record, f"choice_{letter.lower()}", where) for letter in SEED_LETTERS]
         answer = field_of(record, "answer", where)
         if answer not in SEED_LETTERS:
             raise TaskDataError(f"{where}: answer must be one of {SEED_LETTERS}, got {answer!r}")
         qtype = record.get("question_type_id")
-        truth = ChoiceItem(answer, None, 4, type_names.get(qtype, str(qtype)))
-        image = Path(image_root) / format_image_name(image_pattern, data_id=field_of(record, "data_id", where))
+        truth = ChoiceItem(answer, None, 4, type_names.get(qtype, str(qtype)), data_type=data_type)
+        if data_type == "video":
+            image = _video_frame(video_frames, record, where)
+        else:
+            image = Path(image_root) / format_image_name(image_pattern, data_id=field_of(record, "data_id", where))
         prompt = f"{field_of(record, 'question', where)}\n{format_options(SEED_LETTERS, choices)}\n{LETTER_ANSWER}"
         out.append(Question(field_of(record, "question_id", where), prompt, (image,), truth))
     return out
 
 
 def read_seed(options: SEEDOptions) -> list[Question]:
-    return read_seed_layout(options.questions, options.image_root, options.image_pattern)
+    return read_seed_layout(options.questions, options.image_root, options.image_pattern,
+                            video_frames=options.video_frames)
 
 
 def score_seed(options, questions, answers) -> dict:
-    return seed_metrics([ChoiceItem(q.truth.answer, a, 4, q.truth.group) for q, a in zip(questions, answers)])
+    return seed_metrics([replace(q.truth, prediction=a) for q, a in zip(questions, answers)])
 
 
 @dataclass
