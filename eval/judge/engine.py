@@ -89,9 +89,20 @@ def judge_items(judge, items: Sequence[JudgeItem], params: dict, *, attempts: in
     stats = JudgeStats(served_by=set())
     lock = threading.Lock()
 
-    def one(item: JudgeItem) -> JudgeOutcome:
+    stop = threading.Event()  # set by the first failure: items not yet started are not asked
+
+    def one(item: JudgeItem) -> JudgeOutcome | None:
+        try:
+            return ask(item)
+        except BaseException:
+            stop.set()
+            raise
+
+    def ask(item: JudgeItem) -> JudgeOutcome | None:
         replies = []
         for attempt in range(attempts):
+            if stop.is_set():
+                return None
             messages = item.variants[min(attempt, len(item.variants) - 1)]
             key = request_key(identity, messages, params, attempt)
             record = cache.get(key)

@@ -107,21 +107,19 @@ def read_llava_bench(options: LLaVABenchOptions) -> list[Question]:
 
     check_judge_options(options, "judge_parse_attempts")
     rules = _rules(options)
-    context_path = _path(options, "context")
+    questions_path, context_path, answers_path, image_root = (
+        _path(options, name) for name in ("questions", "context", "reference_answers", "image_root"))
     contexts: dict[str, tuple[str, bool]] = {}  # image -> (context text, COCO layout)
     for number, record in enumerate(load_json_lines(context_path, _option_of(options, "context")), 1):
         where = f"{context_path} record {number}"
         json_object(record, where)
         # later records of an image win, as in LLaVA's dict
         contexts[_string(record, "image", where)] = (_context(record, where), "caption" not in record)
-    answers_path = _path(options, "reference_answers")
     references: dict[str, str] = {}
     for number, record in enumerate(load_json_lines(answers_path, _option_of(options, "reference_answers")), 1):
         where = f"{answers_path} record {number}"
         json_object(record, where)
         references.setdefault(id_key(field_of(record, "question_id", where)), _string(record, "text", where))
-    image_root = Path(_path(options, "image_root"))
-    questions_path = _path(options, "questions")
     out = []
     for number, record in enumerate(load_json_lines(questions_path, _option_of(options, "questions")), 1):
         where = f"{questions_path} record {number}"
@@ -140,7 +138,7 @@ def read_llava_bench(options: LLaVABenchOptions) -> list[Question]:
                                 f"{options.rule_file or 'the shipped rule.json entries'}")
         truth = ReviewInput(category, record_context, text, references[id_key(question_id)], rules[key]["role"],
                             rules[key]["prompt"])
-        out.append(Question(question_id, text, (image_root / image,), truth))
+        out.append(Question(question_id, text, (Path(image_root) / image,), truth))
     return out
 
 
