@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eval.tasks import choice, gqa, ifeval_mm, mme, mmbench, pope, vqa
+from eval.tasks import llava_bench, mmvet
 from eval.tasks.base import Question, Task, TaskDataError
 
 TASKS: dict[str, Task] = {
@@ -27,6 +28,11 @@ TASKS: dict[str, Task] = {
              ifeval_mm.IFEvalMMOptions, ifeval_mm.read_ifeval_mm, ifeval_mm.score_ifeval_mm),
         Task("synth_mc", "mm-prep synth multiple choice (SEED layout)", choice.SynthMCOptions, choice.read_synth_mc,
              choice.score_seed),
+        Task("llava_bench", "LLaVA-Bench (In-the-Wild / COCO), judge review, relative score",
+             llava_bench.LLaVABenchOptions, llava_bench.read_llava_bench, llava_bench.score_llava_bench,
+             score_writes_files=True),
+        Task("mmvet", "MM-Vet, judge grades 0-1, total and per capability", mmvet.MMVetOptions, mmvet.read_mmvet,
+             mmvet.score_mmvet, mmvet.mmvet_prediction_id, score_writes_files=True),
     )
 }
 
