@@ -83,7 +83,7 @@ def _sentences(n: int) -> str:
 def _base_cases() -> list[tuple[str, dict, str]]:
     """(instruction_id, kwargs, response) triples, hand-written per instruction id."""
     c: list[tuple[str, dict, str]] = []
-    add = lambda iid, kw, *responses: c.extend((iid, kw, r) for r in responses)  # noqa: E731
+    add = lambda iid, kw, *responses: c.extend((iid, kw, r) for r in responses)
 
     iid = "keywords:existence"
     add(iid, {"keywords": ["cat", "mat"]}, "The cat sat on the mat.", "The cat sat on the rug.",
@@ -228,7 +228,7 @@ def _base_cases() -> list[tuple[str, dict, str]]:
 
     iid = "combination:repeat_prompt"
     request = "Write a poem about cats."
-    add(iid, {"prompt_to_repeat": request}, f"{request}\nCats are soft...", f"  write a POEM about cats. Meow",
+    add(iid, {"prompt_to_repeat": request}, f"{request}\nCats are soft...", "  write a POEM about cats. Meow",
         "Here is the request: Write a poem about cats.", "Write a poem about dogs.")
     add(iid, {"prompt_to_repeat": " Résumé please. "}, "résumé please. Done", "Resume please.")
 
@@ -385,12 +385,16 @@ def _reference_verdicts(registry, case: dict) -> dict:
 
 
 def write_golden(cases_path: Path, out_path: Path) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="ifeval_nltk_data_"))  # left for inspection; tiny
-    _write_punkt_tab(data_dir)
-    os.environ["NLTK_DATA"] = str(data_dir)
-    import langdetect
-    import nltk
+    with tempfile.TemporaryDirectory(prefix="ifeval_nltk_data_") as data_dir:
+        _write_punkt_tab(Path(data_dir))
+        os.environ["NLTK_DATA"] = data_dir
+        _score_all(cases_path, out_path)
+
+
+def _score_all(cases_path: Path, out_path: Path) -> None:
     from importlib.metadata import version
+
+    import langdetect
 
     langdetect.DetectorFactory.seed = 0
     registry = _load_reference()
@@ -411,10 +415,9 @@ def write_golden(cases_path: Path, out_path: Path) -> None:
         for case in cases:
             try:
                 record = {"id": case["id"], **_reference_verdicts(registry, case)}
-            except Exception as error:  # the reference rejects the arguments
+            except (ValueError, TypeError, KeyError) as error:  # the reference rejects the arguments
                 record = {"id": case["id"], "error": type(error).__name__}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    assert nltk.data.find("tokenizers/punkt_tab/english/")
 
 
 def write_cases(path: Path) -> None:

@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from eval.ifeval import (INSTRUCTION_IDS, InstructionArgumentError, UnknownInstruction, check_response,
-                         clean_kwargs, loose_variants)
-from eval.ifeval import checks, registry, text
+from eval.ifeval import (
+    INSTRUCTION_IDS,
+    InstructionArgumentError,
+    UnknownInstruction,
+    check_response,
+    checks,
+    clean_kwargs,
+    loose_variants,
+    registry,
+    text,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ifeval"
 

@@ -6,8 +6,9 @@ out-of-range argument, we raise ``InstructionArgumentError`` instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from eval.ifeval import checks
 from eval.ifeval.errors import InstructionArgumentError, UnknownInstruction
