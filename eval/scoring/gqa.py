@@ -58,9 +58,9 @@ def gqa_chi_square(items: Sequence[GQAItem], predicted: Sequence[str | None]) ->
         if prediction is not None:  # a missing prediction (the official script refuses the file) matches no answer
             guessed[item.global_group][prediction] += 1
     sum_score, sum_overall = 0.0, 0
-    for group in gold:
+    for group, answers in gold.items():
         score, overall = 0.0, 0
-        for answer, e in gold[group].items():
+        for answer, e in answers.items():
             o = guessed[group].get(answer, 0)
             score += float(o - e) ** 2 / e
             overall += e
