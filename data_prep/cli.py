@@ -92,7 +92,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
     )  # fmt: skip
     config = SynthConfig(num_train=args.num_train, num_eval=args.num_eval, seed=args.seed, world=world,
-                         min_turns=args.min_turns, max_turns=args.max_turns)  # fmt: skip
+                         min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval)  # fmt: skip
     for split, result in write_train(config, _convert_options(args)).items():
         _report(result, split)
     counts = write_eval(config, args.out)
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_options(vqa)
     vqa.set_defaults(run=cmd_vqa)
 
-    synth = commands.add_parser("synth", help="generated scene-graph data: align/ and instruct/ shards, eval/ splits")
+    synth = commands.add_parser("synth", help="generated scene-graph data: align/, instruct/ and ifeval/ shards, eval/ splits")
     synth.add_argument("--num-train", type=int, default=2000, help="training scenes")
     synth.add_argument("--num-eval", type=int, default=300, help="held-out evaluation scenes")
     synth.add_argument("--image-size", type=int, default=64)
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max-objects", type=int, default=4)
     synth.add_argument("--min-turns", type=int, default=2, help="fewest QA turns per instruct sample")
     synth.add_argument("--max-turns", type=int, default=5, help="most QA turns per instruct sample")
+    synth.add_argument("--no-ifeval", action="store_true",
+                       help="skip the ifeval/ shards (questions under IFEval instructions) and eval/ifeval/")
     _add_shard_options(synth, samples_per_shard=500)
     synth.set_defaults(run=cmd_synth)
 

@@ -246,7 +246,7 @@ def test_deterministic_and_disjoint(synth_dir, tmp_path):
     again = tmp_path / "again"
     assert main(["synth", "--out", str(again), "--num-train", "80", "--num-eval", "40", "--seed", "5",
                  "--samples-per-shard", "30", "--workers", "2", "--no-progress"]) == 0  # fmt: skip
-    for sub in ("align", "instruct"):
+    for sub in ("align", "instruct", "ifeval"):
         for shard in sorted((synth_dir / sub).glob("*.tar")):
             assert shard.read_bytes() == (again / sub / shard.name).read_bytes()
     for path in sorted((synth_dir / "eval").rglob("*.*")):
@@ -266,3 +266,57 @@ def test_deterministic_and_disjoint(synth_dir, tmp_path):
 def test_invalid_world_is_a_clear_error(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--shapes", "circle,hexagon", "--no-progress"]) == 1
     assert "valid shapes are circle, square, triangle, diamond" in capsys.readouterr().err
+
+
+def test_ifeval_training_answers_follow_every_instruction_in_force(synth_dir):
+    """Read back from the shards: each assistant turn follows every IFEval instruction given so far (a later
+    turn's instructions add to the first turn's); every third sample has two turns."""
+    from eval.ifeval import check_response
+
+    samples = list(iter_samples(synth_dir / "ifeval"))
+    assert len(samples) >= 75
+    ids, two_turns = Counter(), 0
+    for sample in samples:
+        conversation = sample.record["conversations"]
+        turns = sample.record["meta"]["instructions"]
+        assert len(conversation) == 2 * len(turns) and conversation[0]["value"].startswith("<image>\n")
+        two_turns += len(turns) == 2
+        in_force: dict[str, dict] = {}
+        for number, turn in enumerate(turns):
+            in_force.update(zip(turn["instruction_id_list"], turn["kwargs"]))
+            ids.update(turn["instruction_id_list"])
+            answer = conversation[2 * number + 1]["value"]
+            strict, _ = check_response(list(in_force), list(in_force.values()), conversation[2 * number]["value"], answer)
+            assert all(strict), (sample.key, number, answer)
+    assert two_turns >= 20 and len(ids) >= 10, (two_turns, ids)
+
+
+def test_ifeval_eval_split_scores_100_with_the_generators_answers(synth_dir, tmp_path):
+    """The held-out split reads as `ifeval_mm` (images found from the file's folder); the answers the
+    generator would give score 100 strict; upper-cased they score lower, and a bare "ok" fails nearly all."""
+    from data_prep.synth.generate import SynthConfig, ifeval_dialogue
+    from data_prep.synth.world import Scene, WorldConfig
+    from eval.cli import main as eval_main
+
+    questions = synth_dir / "eval" / "ifeval" / "questions.jsonl"
+    records = [json.loads(line) for line in questions.read_text().splitlines()]
+    assert len(records) >= 35 and sum("turns" in r for r in records) >= 10
+    scenes = json.loads((synth_dir / "eval" / "scenes.json").read_text())
+    config = SynthConfig(num_train=80, num_eval=40, seed=5, world=WorldConfig())
+    answers = {}
+    for index, image_id in enumerate(sorted(scenes, key=int)):
+        scene = Scene(scenes[image_id]["objects"], scenes[image_id]["relations"])
+        dialogue = ifeval_dialogue(config, "eval", index, scene)
+        for number, turn in enumerate(dialogue):
+            answers[f"{image_id}/{number}" if len(dialogue) > 1 else image_id] = turn.answer
+    for name, transform in (("right", str), ("upper", str.upper), ("ok", lambda _: "ok")):
+        predictions = tmp_path / f"{name}.jsonl"
+        predictions.write_text("".join(json.dumps({"question_id": k, "text": transform(v)}) + "\n"
+                                       for k, v in answers.items()))
+        assert eval_main(["score", "--task", "ifeval_mm", "--questions", str(questions), "--predictions",
+                          str(predictions), "--out", str(tmp_path / name)]) == 0
+    right = json.loads((tmp_path / "right" / "metrics.json").read_text())
+    upper = json.loads((tmp_path / "upper" / "metrics.json").read_text())
+    assert right["missing"] == 0 and right["prompt_strict"] == 100.0 and right["pif"] == 100.0
+    bare = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert upper["prompt_strict"] < 100.0 and bare["prompt_strict"] < 25.0

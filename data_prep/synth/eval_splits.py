@@ -6,6 +6,7 @@
     eval/vqa/chance.json                             {question_type: chance accuracy, "overall": ...}
     eval/pope/synth_pope_{random,popular,adversarial}.json   POPE layout (JSON lines)
     eval/mc/seed.json                                SEED-Bench layout
+    eval/ifeval/questions.jsonl                      ifeval_mm layout (IFEval records with images, multi-turn)
 
 Evaluation scenes use their own random streams (`"{seed}:eval:{i}"`) and image ids from
 `EVAL_IMAGE_ID_OFFSET`, disjoint from the training scene ids (0 .. num_train-1).
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mm.atomic import write_bytes_atomic, write_json_atomic, write_jsonl_atomic
-from data_prep.synth.generate import SynthConfig, scene_rng
+from data_prep.synth.generate import SynthConfig, ifeval_dialogue, scene_rng
 from data_prep.synth.programs import VQA_PROGRAMS, answer_space_size, ask, get_program
 from data_prep.synth.world import Scene, WorldConfig, render_png, sample_scene
 
@@ -158,4 +159,20 @@ def write_eval(config: SynthConfig, out_dir: str | Path) -> dict[str, int]:
     seed = mc_split(config, scenes)
     write_json_atomic(root / "mc" / "seed.json", seed, indent=None)
     counts["mc"] = len(seed["questions"])
+    if config.ifeval:
+        records = ifeval_split(config, scenes)
+        write_jsonl_atomic(root / "ifeval" / "questions.jsonl", records)
+        counts["ifeval"] = len(records)
     return counts
+
+
+def ifeval_split(config: SynthConfig, scenes: list[EvalScene]) -> list[dict]:
+    """One `ifeval_mm` record per image (every third one two turns); image paths relative to eval/ifeval/."""
+    from data_prep.synth.constraints import ifeval_record
+
+    records = []
+    for index, item in enumerate(scenes):
+        dialogue = ifeval_dialogue(config, "eval", index, item.scene)
+        if dialogue:
+            records.append(ifeval_record(str(item.image_id), f"../images/{item.file_name}", dialogue))
+    return records

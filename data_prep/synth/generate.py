@@ -48,6 +48,9 @@ class SynthConfig:
     """VQA questions per evaluation image."""
     pope_questions_per_image: int = 3
     """POPE positives per evaluation image (as many negatives are added)."""
+    ifeval: bool = True
+    """Also write `ifeval/` training shards (scene questions under IFEval instructions) and the held-out
+    `eval/ifeval/` split of `ifeval_mm`."""
 
     def __post_init__(self) -> None:
         if self.num_train < 0 or self.num_eval < 0 or not 1 <= self.min_turns <= self.max_turns:
@@ -103,6 +106,28 @@ def instruct_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -
     return _sample(index, "instruct", scene, png, conversations, programs=[qa.program for qa in turns], qa=qa_meta)
 
 
+def ifeval_dialogue(config: SynthConfig, split: str, index: int, scene: Scene):
+    """A scene's constrained dialogue: two turns (instructions standing) for every third scene, else one."""
+    from data_prep.synth.constraints import constrained_dialogue
+
+    rng = scene_rng(config.seed, split, index, "ifeval")
+    return constrained_dialogue(scene, config.world, rng, turns=2 if index % 3 == 0 else 1)
+
+
+def ifeval_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> Sample | None:
+    """Scene questions under IFEval instructions, answers rewritten to follow every instruction in force."""
+    dialogue = ifeval_dialogue(config, "train", index, scene)
+    if not dialogue:
+        return None
+    conversations = []
+    for position, turn in enumerate(dialogue):
+        conversations += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{turn.prompt}" if position == 0 else turn.prompt},
+                          {"from": "gpt", "value": turn.answer}]  # fmt: skip
+    instructions = [{"instruction_id_list": [c.instruction_id for c in turn.new], "kwargs": [c.kwargs for c in turn.new]}
+                    for turn in dialogue]
+    return _sample(index, "ifeval", scene, png, conversations, instructions=instructions)
+
+
 def _sample(index: int, split: str, scene: Scene, png: bytes, conversations: list[dict], **extra) -> Sample:
     name = f"synth/train/{index:07d}.png"
     meta = {"index": index, "scene_id": index, "image_paths": [name], "scene": scene.to_json(), **extra}
@@ -113,10 +138,13 @@ def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, Conve
     """`align/` and `instruct/` shard sets under `options.out_dir`, via the common converter."""
     scenes = [_train_scene(config, i) for i in range(config.num_train)]
     results = {}
-    for split, build in (("align", align_sample), ("instruct", instruct_sample)):
+    builders = [("align", align_sample), ("instruct", instruct_sample)] + [("ifeval", ifeval_sample)] * config.ifeval
+    for split, build in builders:
         samples = []
         for index, (scene, png) in enumerate(scenes):
             sample = build(config, index, scene, png)
+            if sample is None:  # no compatible instructions drawn for this scene
+                continue
             check_conversation(sample.conversations, len(sample.images))  # generator bug, not bad input: raise
             samples.append(sample)
         split_options = dataclasses.replace(options, out_dir=str(Path(options.out_dir) / split))
