@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 from dataclasses import dataclass
 
 from eval.scoring.choice import CircularItem, mmbench_metrics
@@ -33,8 +32,9 @@ class MMBenchOptions:
 
 
 def is_missing(value) -> bool:
-    """pandas' `pd.isna` on one cell as read (NaN for a missing value); VLMEvalKit's test for options and hint."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """pandas' `pd.isna` on one cell as read (VLMEvalKit's test for options and hint): with every cell read as
+    text, a cell is missing exactly when it is not a string (NaN, or pd.NA / None under other pandas settings)."""
+    return not isinstance(value, str)
 
 
 def llava_is_none(value) -> bool:
