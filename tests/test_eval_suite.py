@@ -24,6 +24,7 @@ def test_synth_suite_needs_data(tmp_path):
         load_suite(SUITES / "synth.yaml")
     entries = load_suite(SUITES / "synth.yaml", data=str(tmp_path))
     expected = [(task, {"data": str(tmp_path)}) for task in ("synth_vqa", "synth_pope", "synth_mc")]
+    expected.append(("ifeval_mm", {"questions": f"{tmp_path}/eval/ifeval/questions.jsonl"}))
     assert [(task, values) for _, task, values in entries] == expected
 
 
