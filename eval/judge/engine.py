@@ -106,7 +106,8 @@ def judge_items(judge, items: Sequence[JudgeItem], params: dict, *, attempts: in
             messages = item.variants[min(attempt, len(item.variants) - 1)]
             key = request_key(identity, messages, params, attempt)
             record = cache.get(key)
-            if record is None:
+            fresh = record is None
+            if fresh:
                 reply = judge.complete(messages, params)
                 record = {"key": key, "item": item.name, "attempt": attempt, "reply": reply.text,
                           "served_by": reply.served_by, "judge": identity, "params": params, "messages": messages}
@@ -123,7 +124,8 @@ def judge_items(judge, items: Sequence[JudgeItem], params: dict, *, attempts: in
             value = item.parse(record["reply"])
             if value is not None:
                 return JudgeOutcome(value, tuple(replies))
-            log.warning("judge reply for %s (attempt %d) not parsed: %r", item.name, attempt + 1, record["reply"][:80])
+            log.log(logging.WARNING if fresh else logging.DEBUG, "judge reply for %s (attempt %d) not parsed: %r",
+                    item.name, attempt + 1, record["reply"][:80])
         return JudgeOutcome(None, tuple(replies))
 
     outcomes: list[JudgeOutcome | None] = [None] * len(items)
