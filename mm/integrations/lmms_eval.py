@@ -10,6 +10,12 @@ when the context has no placeholders of its own, as lmms-eval's ``llava`` model 
 ``mm.generation.generate``. Log-likelihoods are a forward pass over the prompt followed by the continuation
 (right-padded batches), the continuation's tokens being those the joint tokenisation gives it.
 
+``loglikelihood`` answers (``-log P(continuation | prompt)``, is_greedy): the NEGATED log-likelihood summed
+over the continuation's tokens, because lmms-eval's multiple-choice scorer picks the choice with the
+*smallest* value (``np.argmin``: its own models return a loss; lmms-eval issue #370). ``acc`` and ``acc_norm``
+are then right; ``perplexity`` and ``acc_mutual_info``, which expect log-probabilities, are not (no bundled
+lmms-eval task uses them).
+
 Model arguments (``--model_args k=v,...``): ``pretrained`` (checkpoint directory or hub id), ``batch_size``
 (requests per forward; lmms-eval's ``--batch_size`` when not given here), ``device`` (default: ``cuda`` on
 this process's GPU under ``accelerate launch``/``torchrun``, else the CPU), ``dtype`` (default bf16 on GPU,
@@ -224,6 +230,8 @@ class MMModel(lmms):
         return tokens, len(prompt), len(tokens)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """(negative log-likelihood of the continuation, whether greedy decoding gives it) per request:
+        the sign lmms-eval's multiple-choice scorer expects (it takes the argmin)."""
         prepared = []
         for request in requests:
             if len(request.args) == 2:  # ("", choice): unconditional, no visuals
@@ -247,8 +255,8 @@ class MMModel(lmms):
 
     @torch.inference_mode()
     def _score(self, rows) -> list[tuple[float, bool]]:
-        """One right-padded forward pass; the summed log-probability of each continuation and whether
-        greedy decoding would have produced it."""
+        """One right-padded forward pass; the summed negative log-probability of each continuation and
+        whether greedy decoding would have produced it."""
         width = max(len(tokens) for tokens, *_ in rows)
         ids = torch.full((len(rows), width), self.generator.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -262,11 +270,39 @@ class MMModel(lmms):
             row_logits = logits[i, start - 1 : end - 1].float().log_softmax(-1)
             target = ids[i, start:end].to(row_logits.device)
             logprob = row_logits.gather(-1, target[:, None]).sum().item()
-            out.append((float(logprob), bool((row_logits.argmax(-1) == target).all())))
+            out.append((-float(logprob), bool((row_logits.argmax(-1) == target).all())))
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("mm model: multi-round tasks are not supported (generate_until and loglikelihood are)")
+
+
+def _keep_loglikelihood_pairs() -> None:
+    """Let (log-likelihood, is_greedy) pairs reach lmms-eval's scorers.
+
+    lmms-eval 0.7's evaluator passes every model output through ``unwrap_generation_output``, which turns
+    anything but text into its ``str()``; multiple-choice scoring then fails on ``"(-3.2, False)"``, for every
+    model. While the installed lmms-eval does that, the evaluator's copy is wrapped to pass such pairs through.
+    """
+    from lmms_eval import evaluator
+
+    original = getattr(evaluator, "unwrap_generation_output", None)
+    if original is None or getattr(original, "keeps_loglikelihood_pairs", False):
+        return
+    if not isinstance(original((-1.0, True))[0], str):
+        return  # fixed upstream
+
+    def unwrap(output):
+        if (isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], float)
+                and isinstance(output[1], bool)):
+            return output, None
+        return original(output)
+
+    unwrap.keeps_loglikelihood_pairs = True
+    evaluator.unwrap_generation_output = unwrap
+
+
+_keep_loglikelihood_pairs()
 
 
 def _cut(text: str, until: Sequence[str]) -> str:
