@@ -20,16 +20,18 @@ Model arguments (``--model_args k=v,...``): ``pretrained`` (checkpoint directory
 (requests per forward; lmms-eval's ``--batch_size`` when not given here), ``device`` (default: ``cuda`` on
 this process's GPU under ``accelerate launch``/``torchrun``, else the CPU), ``dtype`` (default bf16 on GPU,
 fp32 on CPU), ``template`` (default: the checkpoint's chat template), ``max_new_tokens`` (for requests whose
-``gen_kwargs`` name none; 1024, lmms-eval's ``llava`` default), ``trust_remote_code``.
+``gen_kwargs`` name none; 1024, lmms-eval's ``llava`` default), ``seed`` (of sampling, as ``mm-eval run
+--seed``), ``trust_remote_code``.
 
 A request's ``gen_kwargs`` are honoured: ``max_new_tokens`` (or ``max_gen_toks``), ``temperature`` (above 0
-samples, as in lmms-eval's ``llava``; else greedy), ``top_p`` and ``until`` (the answer is cut before the
-first stop string). Beam search is not supported; multi-round tasks neither.
+samples, as in lmms-eval's ``llava``, whatever ``do_sample`` says; else greedy), ``top_p`` and ``until`` (the
+answer is cut before the first stop string; generation itself stops at the template's end of turn). Beam
+search is not supported; multi-round tasks neither.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -67,11 +69,12 @@ class MMModel(lmms):
 
     def __init__(self, pretrained: str, batch_size: int | str = 16, device: str | None = None,
                  dtype: str | None = None, template: str | None = None, max_new_tokens: int = 1024,
-                 trust_remote_code: bool = False, max_batch_size: int | None = None, **unknown: Any) -> None:
+                 seed: int = 0, trust_remote_code: bool = False, max_batch_size: int | None = None,
+                 **unknown: Any) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"mm model: unknown model_args {sorted(unknown)}; valid: pretrained, batch_size, device, "
-                             "dtype, template, max_new_tokens, trust_remote_code")
+                             "dtype, template, max_new_tokens, seed, trust_remote_code")
         if str(batch_size).startswith("auto"):
             raise ValueError("mm model: batch_size=auto is not supported; give a number (e.g. batch_size=16)")
         ranks = Ranks.from_env()
@@ -81,7 +84,7 @@ class MMModel(lmms):
         self.batch_size_per_gpu = int(batch_size)
         self.default_max_new_tokens = int(max_new_tokens)
         settings = GenerationSettings(batch_size=self.batch_size_per_gpu, max_new_tokens=self.default_max_new_tokens,
-                                      template=template or self._model.config.chat_template)
+                                      template=template or self._model.config.chat_template, seed=int(seed))
         self.generator = Generator(self._model, settings, self.dtype)
         self._warned: set[str] = set()
 
@@ -194,15 +197,14 @@ class MMModel(lmms):
                 bar.update(len(batch))
         return answers
 
-    @torch.inference_mode()
     def _generate(self, questions: list[Question], images: list[Image.Image], sampling: Sampling) -> list[str]:
-        """Generator.answer, with the request's max_new_tokens, temperature and top_p, and its stop strings."""
-        ids, mask = self.generator.encode(questions)
-        tokens = self._model.generate(ids.to(self._device), mask.to(self._device), self._pixels(images),
-                                      max_new_tokens=sampling.max_new_tokens, do_sample=sampling.temperature > 0,
-                                      temperature=sampling.temperature if sampling.temperature > 0 else 1.0,
-                                      top_p=sampling.top_p, eos_token_id=self.generator.stop_ids)
-        return [_cut(text, sampling.until) for text in self.generator.decode(tokens.cpu())]
+        """mm-eval's Generator.answer under the request's max_new_tokens, temperature and top_p (sampling is
+        seeded as mm-eval seeds it: by ``seed`` and the batch's question ids), cut at its stop strings."""
+        settings = replace(self.generator.settings, max_new_tokens=sampling.max_new_tokens,
+                           temperature=sampling.temperature, top_p=sampling.top_p)
+        generator = self.generator if settings == self.generator.settings else Generator(self._model, settings, self.dtype)
+        pixels = torch.stack([generator.transform(image) for image in images]) if images else None
+        return [_cut(text, sampling.until) for text in generator.answer(questions, pixels)]
 
     # ------------------------------------------------------------------ loglikelihood
     def _scored_ids(self, context: str, continuation: str, visuals: Sequence[Image.Image], where: str):
