@@ -252,12 +252,12 @@ def test_suite_runs_synth_tasks_and_writes_summary(setup, tmp_path):
     argv = ["suite", "--config", str(suite), "--data", str(synth), "--checkpoint", str(root / "ckpt"),
             "--out", str(tmp_path / "s"), "--device", "cpu", "--max-new-tokens", "3", "--image-workers", "1"]
     assert main(argv) == 0
-    for name, count in (("synth_vqa", 3), ("synth_pope", 6), ("synth_mc", 2)):
+    for name, count in (("synth_vqa", 3), ("synth_pope", 6), ("synth_mc", 2), ("ifeval_mm", 3)):
         metrics = json.loads((tmp_path / "s" / name / "metrics.json").read_text())
         assert metrics["num_questions"] == count and metrics["missing"] == 0
         assert json.loads((tmp_path / "s" / name / "run.json").read_text())["task"] == name
     summary = (tmp_path / "s" / "summary.md").read_text().splitlines()
-    assert summary[0] == "| run | synth_mc | synth_pope | synth_vqa |"
+    assert summary[0] == "| run | ifeval_mm | synth_mc | synth_pope | synth_vqa |"
 
 
 def test_sampling_is_seeded_recorded_and_guarded_on_resume(setup, reference, tmp_path):
