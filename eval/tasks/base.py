@@ -124,6 +124,14 @@ def field_of(record: dict, key: str, where: str) -> Any:
         raise TaskDataError(f"{where}: missing field {key!r}") from None
 
 
+def string_field(record: dict, key: str, where: str) -> str:
+    """record[key] if it is a string, or a clear error saying which record lacks it or what it holds instead."""
+    value = field_of(record, key, where)
+    if not isinstance(value, str):
+        raise TaskDataError(f"{where}: {key} must be a string, got {json.dumps(value)[:60]}")
+    return value
+
+
 def format_options(letters: Sequence[str], texts: Sequence[str]) -> str:
     """LLaVA-1.5's option block: "A. first\\nB. second"."""
     return "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts))

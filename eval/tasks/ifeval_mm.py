@@ -16,7 +16,7 @@ from typing import Sequence
 from eval.ifeval import INSTRUCTION_IDS, InstructionArgumentError, check_response, clean_kwargs
 from eval.predictions import id_key, read_predictions
 from eval.tasks.base import (Question, TaskDataError, field_of, json_object, load_json_lines, option,
-                             require_path)
+                             require_path, string_field)
 
 
 @dataclass
@@ -95,9 +95,7 @@ def _record_questions(record: dict, root: Path, where: str) -> list[Question]:
     questions, history = [], []
     for number, turn in enumerate(turns):
         turn_where = f"{where} turn {number}" if multi_turn else where
-        prompt = field_of(json_object(turn, turn_where), "prompt", turn_where)
-        if not isinstance(prompt, str):
-            raise TaskDataError(f"{turn_where}: prompt must be a string")
+        prompt = string_field(json_object(turn, turn_where), "prompt", turn_where)
         known, unknown = _turn_instructions(turn, prompt, turn_where)
         in_force.update((instruction.instruction_id, instruction) for instruction in known)
         question_id = f"{key}/{number}" if multi_turn else key

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval.judge import llava_bench as protocol
 from eval.judge.options import JudgeOptions
-from eval.tasks.base import (Question, TaskDataError, field_of, json_object, load_json, load_json_lines, option,
+from eval.tasks.base import (Question, TaskDataError, field_of, json_object, string_field, load_json, load_json_lines, option,
                              require_path)
 
 DEFAULT_FILES = {"questions": "questions.jsonl", "context": "context.jsonl", "reference_answers": "answers_gpt4.jsonl",
@@ -91,12 +90,6 @@ def _context(record: dict, where: str) -> str:
     return protocol.context_text(record)
 
 
-def _string(record: dict, key: str, where: str) -> str:
-    value = field_of(record, key, where)
-    if not isinstance(value, str):
-        raise TaskDataError(f"{where}: {key} must be a string, got {json.dumps(value)[:60]}")
-    return value
-
 
 def read_llava_bench(options: LLaVABenchOptions) -> list[Question]:
     """Questions in file order; prompt = the question text as is (LLaVA's model_vqa); ids as the file gives them.
@@ -114,19 +107,19 @@ def read_llava_bench(options: LLaVABenchOptions) -> list[Question]:
         where = f"{context_path} record {number}"
         json_object(record, where)
         # later records of an image win, as in LLaVA's dict
-        contexts[_string(record, "image", where)] = (_context(record, where), "caption" not in record)
+        contexts[string_field(record, "image", where)] = (_context(record, where), "caption" not in record)
     references: dict[str, str] = {}
     for number, record in enumerate(load_json_lines(answers_path, _option_of(options, "reference_answers")), 1):
         where = f"{answers_path} record {number}"
         json_object(record, where)
-        references.setdefault(id_key(field_of(record, "question_id", where)), _string(record, "text", where))
+        references.setdefault(id_key(field_of(record, "question_id", where)), string_field(record, "text", where))
     out = []
     for number, record in enumerate(load_json_lines(questions_path, _option_of(options, "questions")), 1):
         where = f"{questions_path} record {number}"
         json_object(record, where)
         question_id = field_of(record, "question_id", where)
         where = f"{questions_path} question {question_id}"
-        image, text, category = (_string(record, key, where) for key in ("image", "text", "category"))
+        image, text, category = (string_field(record, key, where) for key in ("image", "text", "category"))
         if image not in contexts:
             raise TaskDataError(f"{where}: image {image!r} has no record in {context_path}")
         if id_key(question_id) not in references:
@@ -148,7 +141,7 @@ def score_llava_bench(options: LLaVABenchOptions, questions, answers, *, out_dir
     `--judge-parse-attempts` tries are left out of every mean and counted in `judge_unparsed` (LLaVA
     would average them in as [-1, -1])."""
     from eval.judge.engine import JudgeItem, check_judge_options, judge_items, make_judge
-    from mm.atomic import write_text_atomic
+    from mm.atomic import write_jsonl_atomic
 
     check_judge_options(options, "judge_parse_attempts")
     items = []
@@ -169,8 +162,7 @@ def score_llava_bench(options: LLaVABenchOptions, questions, answers, *, out_dir
             groups.setdefault(category, []).append(outcome.value)
         reviews.append({"question_id": question.question_id, "category": category, "answer_missing": answer is None,
                         "tuple": list(outcome.value) if outcome.parsed else None, "replies": list(outcome.replies)})
-    write_text_atomic(Path(out_dir) / "judge_reviews.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reviews))
+    write_jsonl_atomic(Path(out_dir) / "judge_reviews.jsonl", reviews)
     every = [o.value for o in outcomes if o.parsed]
     summary = protocol.summarize(every)
     unparsed = sum(not o.parsed for o in outcomes)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval.judge import mmvet as protocol
 from eval.judge.options import JudgeOptions
-from eval.tasks.base import (Question, TaskDataError, field_of, json_object, load_json, load_json_lines, option,
+from eval.tasks.base import (Question, TaskDataError, field_of, json_object, string_field, load_json, load_json_lines, option,
                              require_path)
 
 
@@ -41,12 +40,6 @@ def mmvet_prediction_id(record: dict):
     return question_id
 
 
-def _string(record: dict, key: str, where: str) -> str:
-    value = field_of(record, key, where)
-    if not isinstance(value, str):
-        raise TaskDataError(f"{where}: {key} must be a string, got {json.dumps(value)[:60]}")
-    return value
-
 
 def read_mmvet(options: MMVetOptions) -> list[Question]:
     """Questions in mm-vet.json order, ids its keys ("v1_0"); prompt = the question as is (LLaVA's model_vqa)."""
@@ -63,9 +56,9 @@ def read_mmvet(options: MMVetOptions) -> list[Question]:
         capabilities = field_of(record, "capability", where)
         if not (isinstance(capabilities, list) and capabilities and all(isinstance(c, str) for c in capabilities)):
             raise TaskDataError(f"{where}: capability must be a non-empty list of strings")
-        question = _string(record, "question", where)
-        truth = GradeInput(question, _string(record, "answer", where), tuple(capabilities))
-        samples[key] = (question, _string(record, "imagename", where), truth)
+        question = string_field(record, "question", where)
+        truth = GradeInput(question, string_field(record, "answer", where), tuple(capabilities))
+        samples[key] = (question, string_field(record, "imagename", where), truth)
     images = root / "images"
     if not options.questions:
         return [Question(key, question, (images / image,), truth) for key, (question, image, truth) in samples.items()]
@@ -76,7 +69,7 @@ def read_mmvet(options: MMVetOptions) -> list[Question]:
         key = mmvet_prediction_id({"question_id": field_of(record, "question_id", where)})
         if key not in samples:
             raise TaskDataError(f"{where}: question_id {record['question_id']!r} ({key}) is not in {path}")
-        out.append(Question(key, _string(record, "text", where), (images / _string(record, "image", where),),
+        out.append(Question(key, string_field(record, "text", where), (images / string_field(record, "image", where),),
                             samples[key][2]))
     return out
 
@@ -86,7 +79,7 @@ def score_mmvet(options: MMVetOptions, questions, answers, *, out_dir: Path) -> 
     that is still not a number in [0, 1] after `--judge-parse-attempts` requests is left out of every sum and
     count (numerator and denominator) and counted in `judge_unparsed` (the grader would give it 0.0)."""
     from eval.judge.engine import JudgeItem, check_judge_options, judge_items, make_judge
-    from mm.atomic import write_text_atomic
+    from mm.atomic import write_jsonl_atomic
 
     check_judge_options(options, "judge_parse_attempts")
     items, asked = [], []
@@ -112,8 +105,7 @@ def score_mmvet(options: MMVetOptions, questions, answers, *, out_dir: Path) -> 
         reviews.append({"question_id": question.question_id, "capability": list(question.truth.capabilities),
                         "answer_missing": outcome is None, "score": score,
                         "replies": list(outcome.replies) if outcome else []})
-    write_text_atomic(Path(out_dir) / "judge_reviews.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reviews))
+    write_jsonl_atomic(Path(out_dir) / "judge_reviews.jsonl", reviews)
     metrics = protocol.aggregate(graded)
     return {"overall": metrics["overall"], "graded": len(graded),
             "judge_unparsed": sum(not o.parsed for o in outcomes),
