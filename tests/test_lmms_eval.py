@@ -186,6 +186,31 @@ def _samples(out: Path, task: str) -> dict[int, dict]:
     return {record["doc_id"]: record for record in map(json.loads, path.read_text().splitlines())}
 
 
+def test_found_through_the_entry_point():
+    from lmms_eval.models import get_model
+
+    from mm.integrations.lmms_eval import MMModel
+
+    try:
+        found = get_model("mm")
+    except ValueError as error:
+        pytest.fail(f"lmms-eval does not know --model mm ({error}); was mm installed from this pyproject.toml "
+                    "(pip install -e .[lmms])?")
+    assert found is MMModel
+
+
+def test_model_args(setup):
+    """model_args win over lmms-eval's CLI options (its --batch_size defaults to 1); unknown ones are named."""
+    from mm.integrations.lmms_eval import MMModel
+
+    root = setup[0]
+    lm = MMModel.create_from_arg_string(f"pretrained={root / 'ckpt'},batch_size=5,max_new_tokens=7",
+                                        {"batch_size": 1, "max_batch_size": None, "device": "cpu"})
+    assert (lm.batch_size, lm.default_max_new_tokens, str(lm.device)) == (5, 7, "cpu")
+    with pytest.raises(ValueError, match="unknown model_args \\['conv_template'\\]"):
+        MMModel.create_from_arg_string(f"pretrained={root / 'ckpt'},conv_template=vicuna_v1", {"device": "cpu"})
+
+
 def test_lmms_eval_cli_matches_mm(setup):
     root, model, images = setup
     answers = _reference_answers(model, images)
