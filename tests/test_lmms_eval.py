@@ -228,8 +228,8 @@ def test_lmms_eval_cli_matches_mm(setup):
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LMMS_EVAL_PLUGINS", None)  # found through the entry point alone
     lmms_eval = Path(sys.executable).parent / "lmms-eval"
-    command = [str(lmms_eval), "--model", "mm", "--model_args", f"pretrained={root / 'ckpt'},batch_size={BATCH},device=cpu",
-               "--tasks", "mm_tiny_gen,mm_tiny_mc", "--include_path", str(tasks), "--output_path", str(out),
+    command = [str(lmms_eval), "--model", "mm",
+               "--model_args", f"pretrained={root / 'ckpt'},batch_size={BATCH},device=cpu", "--tasks", "mm_tiny_gen,mm_tiny_mc", "--include_path", str(tasks), "--output_path", str(out),
                "--log_samples", "--verbosity", "WARNING"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     # lmms-eval logs an error and still exits 0: its results file is the proof of a finished run

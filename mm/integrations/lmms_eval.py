@@ -147,7 +147,8 @@ class MMModel(lmms):
         if placeholders == 0:
             return Question(where, context, tuple(visuals))
         if placeholders != len(visuals):
-            raise ValueError(f"mm model: {where} has {placeholders} {image_token} placeholders for {len(visuals)} images")
+            raise ValueError(f"mm model: {where} has {placeholders} {image_token} placeholders "
+                             f"for {len(visuals)} images")
         return Question(where, context, ())
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
@@ -202,7 +203,9 @@ class MMModel(lmms):
         seeded as mm-eval seeds it: by ``seed`` and the batch's question ids), cut at its stop strings."""
         settings = replace(self.generator.settings, max_new_tokens=sampling.max_new_tokens,
                            temperature=sampling.temperature, top_p=sampling.top_p)
-        generator = self.generator if settings == self.generator.settings else Generator(self._model, settings, self.dtype)
+        generator = self.generator
+        if settings != generator.settings:
+            generator = Generator(self._model, settings, self.dtype)
         pixels = torch.stack([generator.transform(image) for image in images]) if images else None
         return [_cut(text, sampling.until) for text in generator.answer(questions, pixels)]
 
@@ -276,7 +279,8 @@ class MMModel(lmms):
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:
-        raise NotImplementedError("mm model: multi-round tasks are not supported (generate_until and loglikelihood are)")
+        raise NotImplementedError("mm model: multi-round tasks are not supported "
+                                  "(generate_until and loglikelihood are)")
 
 
 def _keep_loglikelihood_pairs() -> None:
