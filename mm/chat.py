@@ -340,6 +340,28 @@ def encode_prompt(
     return input_ids
 
 
+def encode_prompt_and_continuation(
+    conversation: Sequence[dict],
+    continuation: str,
+    tokenizer,
+    template: str | ChatTemplate,
+    *,
+    tokens_per_image: int,
+    image_token: str = IMAGE_TOKEN,
+) -> tuple[list[int], int]:
+    """Token ids of a prompt (as ``encode_prompt``) followed by ``continuation`` as the assistant's text, and
+    the index where the continuation starts: what a log-likelihood scorer needs."""
+    chat = _template(template, image_token)
+    turns = to_turns(conversation, image_token=image_token, prompt=True)
+    pieces = chat.render(turns, tokenizer, generation=True) + [(continuation, True)]
+    ids, scored = _tokenize(pieces, tokenizer, chat.add_special_tokens)
+    if not any(scored):
+        raise ValueError(f"the continuation {continuation!r} has no tokens")
+    first, last = scored.index(True), len(scored) - scored[::-1].index(True)
+    prompt, _ = _expand_images(ids[:first], scored[:first], _image_token_id(tokenizer, image_token), tokens_per_image)
+    return prompt + ids[first:last], len(prompt)
+
+
 def stop_token_ids(tokenizer, template: str | ChatTemplate) -> list[int]:
     """Token ids that end an assistant turn under ``template``."""
     name = template.name if isinstance(template, ChatTemplate) else template

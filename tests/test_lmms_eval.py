@@ -189,7 +189,7 @@ def _samples(out: Path, task: str) -> dict[int, dict]:
 def test_found_through_the_entry_point():
     from lmms_eval.models import get_model
 
-    from mm.integrations.lmms_eval import MMModel
+    from eval.lmms.model import MMModel
 
     try:
         found = get_model("mm")
@@ -201,7 +201,7 @@ def test_found_through_the_entry_point():
 
 def test_model_args(setup):
     """model_args win over lmms-eval's CLI options (its --batch_size defaults to 1); unknown ones are named."""
-    from mm.integrations.lmms_eval import MMModel
+    from eval.lmms.model import MMModel
 
     root = setup[0]
     lm = MMModel.create_from_arg_string(f"pretrained={root / 'ckpt'},batch_size=5,max_new_tokens=7",
@@ -257,7 +257,7 @@ def test_generation_settings_from_gen_kwargs(setup):
     different settings in one call."""
     from lmms_eval.api.instance import Instance
 
-    from mm.integrations.lmms_eval import MMModel
+    from eval.lmms.model import MMModel
 
     root, model, images = setup
     lm = MMModel(pretrained=str(root / "ckpt"), batch_size=4, device="cpu")

@@ -1,4 +1,5 @@
-"""Bridges to other tools' plugin interfaces. Light on import: each bridge imports its tool only when used.
+"""lmms-eval bridge: `lmms-eval --model mm` runs lmms-eval's tasks on mm checkpoints (`eval.lmms.model`).
+Light on import: lmms-eval is imported only when used.
 
 ``lmms_eval_models`` is the payload of the ``lmms_eval.models`` entry point (pyproject.toml): lmms-eval
 loads it when it builds its model registry, so ``lmms-eval --model mm`` works once mm is installed with
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 
 def lmms_eval_models() -> list:
-    """lmms-eval's model manifest for ``--model mm`` (``mm.integrations.lmms_eval.MMModel``)."""
+    """lmms-eval's model manifest for ``--model mm`` (``eval.lmms.model.MMModel``)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id="mm", simple_class_path="mm.integrations.lmms_eval.MMModel")]
+    return [ModelManifest(model_id="mm", simple_class_path="eval.lmms.model.MMModel")]

@@ -212,7 +212,7 @@ class MMModel(lmms):
     # ------------------------------------------------------------------ loglikelihood
     def _scored_ids(self, context: str, continuation: str, visuals: Sequence[Image.Image], where: str):
         """Token ids of the prompt followed by the continuation, and the continuation's [start, end)."""
-        from mm.chat import _expand_images, _image_token_id, _template, _tokenize, to_turns
+        from mm.chat import encode_prompt_and_continuation
 
         tokenizer = self.tokenizer
         if not context and not visuals:  # unconditional (lmms-eval's acc_mutual_info): after BOS, as lm-eval
@@ -221,18 +221,13 @@ class MMModel(lmms):
             return tokens, 1, len(tokens)
         question = self._question(context, visuals, where)
         image_token = self._model.config.image_token
-        chat = _template(self.generator.settings.template, image_token)
-        turns = to_turns(conversation(question, image_token), image_token=image_token, prompt=True)
-        pieces = chat.render(turns, tokenizer, generation=True) + [(continuation, True)]
-        ids, scored = _tokenize(pieces, tokenizer, chat.add_special_tokens)
-        if not any(scored):
-            raise ValueError(f"mm model: {where}: the continuation {continuation!r} has no tokens")
-        first = scored.index(True)
-        last = len(scored) - scored[::-1].index(True)
-        prompt, _ = _expand_images(ids[:first], scored[:first], _image_token_id(tokenizer, image_token),
-                                   self._model.tokens_per_image)
-        tokens = prompt + ids[first:last]
-        return tokens, len(prompt), len(tokens)
+        try:
+            tokens, start = encode_prompt_and_continuation(
+                conversation(question, image_token), continuation, tokenizer, self.generator.settings.template,
+                tokens_per_image=self._model.tokens_per_image, image_token=image_token)
+        except ValueError as error:
+            raise ValueError(f"mm model: {where}: {error}") from None
+        return tokens, start, len(tokens)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """(negative log-likelihood of the continuation, whether greedy decoding gives it) per request:
