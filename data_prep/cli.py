@@ -1,4 +1,4 @@
-"""`mm-prep`: llava | vqa | synth | inspect."""
+"""`mm-prep`: llava | vqa | synth | inspect | select."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
     )  # fmt: skip
     config = SynthConfig(num_train=args.num_train, num_eval=args.num_eval, seed=args.seed, world=world,
-                         min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval)  # fmt: skip
+                         min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval, noise=args.noise)  # fmt: skip
     for split, result in write_train(config, _convert_options(args)).items():
         _report(result, split)
     counts = write_eval(config, args.out)
@@ -102,7 +102,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from data_prep.inspect_shards import dump_contact_sheet, format_report, inspect_directory
+    from data_prep.score_report import cmd_score_report, wants_score_report
 
+    if wants_score_report(args):
+        return cmd_score_report(args)
     if not Path(args.directory).is_dir():
         raise FileNotFoundError(f"{args.directory} is not a directory")
     tokenizer = None
@@ -156,18 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max-objects", type=int, default=4)
     synth.add_argument("--min-turns", type=int, default=2, help="fewest QA turns per instruct sample")
     synth.add_argument("--max-turns", type=int, default=5, help="most QA turns per instruct sample")
+    synth.add_argument("--noise", type=float, default=0.0,
+                       help="fraction of instruct samples given a wrong answer or another scene's image (noise.jsonl)")
     synth.add_argument("--no-ifeval", action="store_true",
                        help="skip the ifeval/ shards (questions under IFEval instructions) and eval/ifeval/")
     _add_shard_options(synth, samples_per_shard=500)
     synth.set_defaults(run=cmd_synth)
 
-    inspect = commands.add_parser("inspect", help="statistics of a shard directory; --dump writes a contact sheet")
-    inspect.add_argument("directory")
+    from data_prep.score_report import add_score_options
+    from data_prep.select import add_select_command
+
+    inspect = commands.add_parser("inspect", help="statistics of a shard directory; --dump writes a contact sheet; "
+                                                  "--scores: histograms and extremes of `mm-prep score` scores")
+    inspect.add_argument("directory", help="shard directory (or a SCORES.jsonl with --shards)")
     inspect.add_argument("--dump", type=int, default=0, metavar="N", help="write the first N samples as HTML")
     inspect.add_argument("--dump-out", default=None, help="contact sheet path (default: DIR/contact_sheet.html)")
     inspect.add_argument("--tokenizer", default=None, help="tokenizer (hub id or local dir) to add token statistics")
     inspect.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_score_options(inspect)
     inspect.set_defaults(run=cmd_inspect)
+    add_select_command(commands)
     return parser
 
 

@@ -320,3 +320,31 @@ def test_ifeval_eval_split_scores_100_with_the_generators_answers(synth_dir, tmp
     assert right["missing"] == 0 and right["prompt_strict"] == 100.0 and right["pif"] == 100.0
     bare = json.loads((tmp_path / "ok" / "metrics.json").read_text())
     assert upper["prompt_strict"] < 100.0 and bare["prompt_strict"] < 25.0
+
+
+def test_noise_is_planted_where_noise_jsonl_says_and_nowhere_else(synth_dir, tmp_path):
+    """--noise 0.25: a quarter of the instruct samples, half wrong answers (every answer differs from the scene
+    graph's), half another scene's image; every other sample is byte-identical to the clean run's."""
+    noisy_dir = tmp_path / "noisy"
+    assert main(["synth", "--out", str(noisy_dir), "--num-train", "80", "--num-eval", "40", "--seed", "5",
+                 "--samples-per-shard", "30", "--workers", "1", "--no-progress", "--noise", "0.25"]) == 0
+    noise = {r["id"]: r["kind"] for r in map(json.loads, (noisy_dir / "noise.jsonl").read_text().splitlines())}
+    assert len(noise) == 20 and Counter(noise.values()) == {"wrong_answer": 10, "wrong_image": 10}
+    clean = {s.record["id"]: s for s in iter_samples(synth_dir / "instruct")}
+    clean_images = {s.images[0] for s in clean.values()}
+    for sample in iter_samples(noisy_dir / "instruct"):
+        original = clean[sample.record["id"]]
+        kind = noise.get(sample.record["id"])
+        if kind is None:
+            assert sample.record == original.record and sample.images == original.images
+        elif kind == "wrong_answer":
+            truth = [qa["answer"] for qa in sample.record["meta"]["qa"]]
+            answers = [m["value"] for m in sample.record["conversations"] if m["from"] == "gpt"]
+            assert len(answers) == len(truth) and all(a != t for a, t in zip(answers, truth))
+            assert sample.images == original.images
+        else:
+            assert sample.record["conversations"] == original.record["conversations"]
+            assert sample.images != original.images and sample.images[0] in clean_images
+    for sub in ("align", "ifeval"):  # only the instruct split is touched
+        for shard in sorted((synth_dir / sub).glob("*.tar")):
+            assert shard.read_bytes() == (noisy_dir / sub / shard.name).read_bytes()

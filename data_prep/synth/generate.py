@@ -48,11 +48,15 @@ class SynthConfig:
     """VQA questions per evaluation image."""
     pope_questions_per_image: int = 3
     """POPE positives per evaluation image (as many negatives are added)."""
+    noise: float = 0.0
+    """Fraction of instruct samples given a wrong answer or another scene's image (listed in noise.jsonl)."""
     ifeval: bool = True
     """Also write `ifeval/` training shards (scene questions under IFEval instructions) and the held-out
     `eval/ifeval/` split of `ifeval_mm`."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
         if self.num_train < 0 or self.num_eval < 0 or not 1 <= self.min_turns <= self.max_turns:
             raise ValueError("num_train and num_eval must be >= 0 and 1 <= min_turns <= max_turns")
         if not 1 <= self.eval_questions_per_image <= 99 or self.pope_questions_per_image < 1:
@@ -134,6 +138,16 @@ def _sample(index: int, split: str, scene: Scene, png: bytes, conversations: lis
     return Sample(index, f"synth-{split}-{index:07d}", SOURCE, conversations, [ImageRef(name=name, data=png)], meta)
 
 
+def _noisy(config: SynthConfig, samples: list[Sample], scenes: list, noise_file: Path) -> list[Sample]:
+    from data_prep.synth.noise import add_noise
+    from mm.atomic import write_jsonl_atomic
+
+    descriptions = [description(scene, config.world) for scene, _ in scenes]
+    samples, records = add_noise(samples, config.noise, config.world, random.Random(f"{config.seed}:noise"), descriptions)
+    write_jsonl_atomic(noise_file, records)
+    return samples
+
+
 def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, ConvertResult]:
     """`align/` and `instruct/` shard sets under `options.out_dir`, via the common converter."""
     scenes = [_train_scene(config, i) for i in range(config.num_train)]
@@ -147,6 +161,8 @@ def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, Conve
                 continue
             check_conversation(sample.conversations, len(sample.images))  # generator bug, not bad input: raise
             samples.append(sample)
+        if split == "instruct" and config.noise > 0:
+            samples = _noisy(config, samples, scenes, Path(options.out_dir) / "noise.jsonl")
         split_options = dataclasses.replace(options, out_dir=str(Path(options.out_dir) / split))
         results[split] = convert(samples, [], split_options, num_input_records=len(samples), source=SOURCE,
                                  input_info={"generator": "synth", "split": split, "seed": config.seed})  # fmt: skip
