@@ -175,10 +175,11 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(samples: list[ShardSample]) -> str:
-    """An HTML page: each sample's images (inline, base64) beside its conversation."""
+def contact_sheet_rows(samples: list[ShardSample], notes: list[str] | None = None) -> str:
+    """Table rows: each sample's images (inline, base64) beside its conversation; `notes[i]` is added to
+    sample i's caption (e.g. its scores)."""
     rows = []
-    for sample in samples:
+    for number, sample in enumerate(samples):
         pictures = "".join(
             f'<img src="data:{_MIME.get(name.rsplit(".", 1)[-1], "application/octet-stream")};base64,'
             f'{base64.b64encode(data).decode()}" title="{html.escape(name)}">'
@@ -189,12 +190,25 @@ def contact_sheet(samples: list[ShardSample]) -> str:
             for m in sample.record["conversations"]
         )  # fmt: skip
         caption = html.escape(f"{sample.shard} / {sample.key} / id {sample.record.get('id')!r} / {sample.record.get('source')}")
+        if notes is not None and notes[number]:
+            caption += f' / <span class="note">{html.escape(notes[number])}</span>'
         rows.append(f'<tr><td class="img">{pictures or "(text only)"}</td><td><div class="id">{caption}</div>{turns}</td></tr>')
+    return "".join(rows)
+
+
+def contact_sheet_page(body: str, title: str = "mm-prep contact sheet") -> str:
+    """A complete HTML page around `body` (tables of `contact_sheet_rows`, headings)."""
     style = ("body{font-family:sans-serif}td{vertical-align:top;border-bottom:1px solid #ccc;padding:6px}"
              "td.img img{max-width:320px;image-rendering:pixelated;min-width:128px;display:block;margin-bottom:4px}"
-             "p{white-space:pre-wrap;margin:4px 0}.gpt{color:#064}.id{color:#666;font-size:small}")  # fmt: skip
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mm-prep contact sheet</title>"
-            f"<style>{style}</style></head><body><table>{''.join(rows)}</table></body></html>\n")  # fmt: skip
+             "p{white-space:pre-wrap;margin:4px 0}.gpt{color:#064}.id{color:#666;font-size:small}"
+             ".note{color:#a00;font-weight:bold}")  # fmt: skip
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>\n")  # fmt: skip
+
+
+def contact_sheet(samples: list[ShardSample]) -> str:
+    """An HTML page: each sample's images (inline, base64) beside its conversation."""
+    return contact_sheet_page(f"<table>{contact_sheet_rows(samples)}</table>")
 
 
 def dump_contact_sheet(directory: str | Path, count: int, out: str | Path) -> int:
