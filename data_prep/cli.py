@@ -11,6 +11,7 @@ from pathlib import Path
 from data_prep.convert import ConversionInterrupted, ConvertOptions, ConvertResult, OutputDirError, convert, format_summary
 from data_prep.images import CHECK_MODES
 from data_prep.records import SHORT_ANSWER_SUFFIX
+from data_prep.score import add_score_command
 
 
 def _default_workers() -> int:
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the statistics as JSON")
     add_score_options(inspect)
     inspect.set_defaults(run=cmd_inspect)
+    add_score_command(commands)
     add_select_command(commands)
     return parser
 
