@@ -22,7 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.inspect_shards import ShardSample, contact_sheet_page, contact_sheet_rows, iter_samples
+from data_prep.inspect_shards import (
+    ShardSample,
+    contact_sheet_page,
+    contact_sheet_rows,
+    iter_samples,
+)
 from data_prep.select import Scores, SelectError, load_scores
 from mm.atomic import write_bytes_atomic, write_text_atomic
 

@@ -16,7 +16,9 @@ Steps, in this order (each sees only the samples the previous ones kept):
    The search is exact, not probabilistic: candidates come from banded indexes chosen by the pigeonhole
    principle (a 64-bit phash cut into D+1 chunks: two hashes within distance D agree on a whole chunk;
    a signature of P values cut into floor(P(1-T))+1 bands: two signatures agreeing in >= T*P positions
-   agree on a whole band), and every candidate is checked with the exact distance/estimate.
+   agree on a whole band), and every candidate is checked with the exact distance/estimate. A sample
+   without image hashes (text-only, undecodable: null) or without words (null, or datasketch's empty
+   signature, every value 2**32-1) is not compared on that signal.
 3. `--per-source-quota coco=0.5,ocr=1000`: per source (the record's `source`), a fraction of its samples
    (a number with a `.`, in (0, 1]) or a count (an integer); sources not named are not limited. Which
    samples: with `--by`, the best by M (nulls last, ties by key), else a seeded random draw (`--seed`).
@@ -50,10 +52,11 @@ import shutil
 import sys
 import tarfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -65,6 +68,10 @@ from mm.data.shards import has_end_of_archive, load_shard_sizes, sample_key
 
 RESERVED = ("key", "id", "source")
 """Score columns that identify the sample, never metrics."""
+
+
+EMPTY_MINHASH = (1 << 32) - 1
+"""Every value of datasketch's MinHash of an empty shingle set (a text without words)."""
 
 
 class SelectError(ValueError):
@@ -420,7 +427,7 @@ def _phash_values(row: dict, key: str) -> list[int]:
 def _chunks(total: int, parts: int) -> list[tuple[int, int]]:
     """`parts` contiguous (start, stop) ranges covering range(total), sizes differing by at most one."""
     bounds = [round(i * total / parts) for i in range(parts + 1)]
-    return list(zip(bounds, bounds[1:]))
+    return list(pairwise(bounds))
 
 
 @dataclass
@@ -448,6 +455,8 @@ class _DuplicateIndex:
         if not isinstance(values, list) or not all(_is_number(v) for v in values):
             raise SelectError(f"scores of {key!r}: `minhash` is not a list of integers")
         signature = np.asarray(values, dtype=np.uint64)
+        if bool(np.all(signature == EMPTY_MINHASH)):  # datasketch's signature of no shingles: no text to compare
+            return None
         if self.num_perm is None:
             self.num_perm = len(values)
             self.bands = _chunks(self.num_perm, min(self.num_perm, math.floor(self.num_perm * (1 - self.minhash_threshold) + 1e-9) + 1))
@@ -768,12 +777,12 @@ def add_select_command(commands) -> argparse.ArgumentParser:
     parser.add_argument("--where", default=None, help='condition over score columns, e.g. "ifd < 1.0 and image_reliance > 0.05"')
     parser.add_argument("--dedup", default=None, metavar="phash:D,minhash:T",
                         help="drop near duplicates: image pHash Hamming distance <= D, or text MinHash Jaccard >= T")
-    parser.add_argument("--top", type=float, default=None, metavar="F", help="keep the fraction F with the best --by")
+    parser.add_argument("--top", default=None, metavar="F", help="keep the fraction F with the best --by")
     parser.add_argument("--by", default=None, metavar="METRIC", help="ranking metric of --top (and dedup / quota priority)")
     parser.add_argument("--ascending", action="store_true", help="lower --by is better")
     parser.add_argument("--per-source-quota", default=None, metavar="SRC=F|N,...",
                         help="per source: a fraction (0.5) or a count (1000); sources not named are not limited")
-    parser.add_argument("--random", type=float, default=None, metavar="F", help="keep a seeded random fraction F (baseline)")
+    parser.add_argument("--random", default=None, metavar="F", help="keep a seeded random fraction F (baseline)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random and of quota draws without --by")
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="most samples per output shard")
     parser.add_argument("--max-shard-bytes", type=int, default=1_000_000_000, help="most bytes per output shard")
@@ -783,8 +792,10 @@ def add_select_command(commands) -> argparse.ArgumentParser:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    rule = SelectRule(where=args.where, dedup=args.dedup, top=args.top, by=args.by, ascending=args.ascending,
-                      per_source_quota=args.per_source_quota, random=args.random, seed=args.seed)  # fmt: skip
+    top, fraction = (None if value is None else float(_parse_fraction(value, option))
+                     for value, option in ((args.top, "--top"), (args.random, "--random")))  # one error line, not usage
+    rule = SelectRule(where=args.where, dedup=args.dedup, top=top, by=args.by, ascending=args.ascending,
+                      per_source_quota=args.per_source_quota, random=fraction, seed=args.seed)  # fmt: skip
     manifest = select(args.shards, args.scores, args.out, rule, samples_per_shard=args.samples_per_shard,
                       max_shard_bytes=args.max_shard_bytes, overwrite=args.overwrite, command=args.command_line)  # fmt: skip
     selection = manifest["selection"]

@@ -149,7 +149,7 @@ def planted(tmp_path_factory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("planted")
     rng = np.random.default_rng(0)
     records = []
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau"]
     for folder, count in (("coco", 6), ("ocr", 6)):
         (root / "images" / folder).mkdir(parents=True)
         for i in range(count):
@@ -175,7 +175,7 @@ def planted(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_dedup_finds_planted_duplicates(planted, tmp_path, capsys):
     shards, scores, key = planted
     order = keys_of(shards)
-    first = lambda a, b: (a, b) if order.index(key[a]) < order.index(key[b]) else (b, a)  # noqa: E731
+    first = lambda a, b: (a, b) if order.index(key[a]) < order.index(key[b]) else (b, a)
     (image_kept, image_dup), (text_kept, text_dup) = first("c0", "c2"), first("c1", "c3")
     code, printed = select(capsys, shards, scores, tmp_path / "o", "--dedup", "phash:4,minhash:0.8")
     assert code == 0, printed
@@ -217,6 +217,8 @@ def test_dedup_thresholds_are_inclusive_and_exact():
     assert index.find("b", {"minhash": worst}) == ("a", {"duplicate_by": "minhash", "jaccard": 0.8})
     worst[bands[20][0]] = 7  # 21 mismatches: 0.79
     assert index.find("c", {"minhash": worst}) is None
+    empty = [(1 << 32) - 1] * num_perm  # datasketch's signature of a text without words: never a duplicate
+    assert index.find("d", {"minhash": empty}) is None and index.find("e", {"minhash": empty}) is None
 
 
 @pytest.mark.parametrize("distance, threshold", [(3, None), (None, 0.7), (6, 0.5), (0, 1.0)])
@@ -349,7 +351,7 @@ def test_output_is_a_shard_set_with_the_parents_bytes(synth, scored, tmp_path, c
 
 
 def test_rerun_needs_overwrite(synth, scored, tmp_path, capsys):
-    scores, keys = scored
+    scores, _ = scored
     out = tmp_path / "sel"
     assert select(capsys, synth, scores, out, "--random", "0.5")[0] == 0
     code, err = select(capsys, synth, scores, out, "--random", "0.25")
@@ -383,6 +385,7 @@ def test_rerun_needs_overwrite(synth, scored, tmp_path, capsys):
     (["--top", "0", "--by", "ifd"], "must be in (0, 1], got 0"),
     (["--top", "1.5", "--by", "ifd"], "must be in (0, 1], got 1.5"),
     (["--random", "-0.1"], "must be in (0, 1]"),
+    (["--random", "half"], "--random: 'half' is not a number"),
     (["--random", "0.5", "--top", "0.5", "--by", "ifd"], "exclude each other"),
     (["--per-source-quota", "synth=1.5"], "must be in (0, 1]"),
     (["--per-source-quota", "coco=0.5"], "no samples of source 'coco'; the shards have synth (20)"),
