@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +33,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-            raise ValueError(f"--clip-pretrained {path}: not a weights-only torch file ({error})") from None
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"--clip-pretrained {path}: not a weights-only torch file ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -57,6 +60,17 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def load_clip(model_name: str, pretrained: str, device: str):
     """(model, image preprocess, tokenizer, resolved name). ``pretrained``: an open_clip pretrained tag of the
     model (``open_clip.list_pretrained_tags_by_model``; downloaded by open_clip) or a local weights file."""
@@ -67,8 +81,15 @@ def load_clip(model_name: str, pretrained: str, device: str):
     is_file = local.suffix in WEIGHT_SUFFIXES or local.exists()
     if is_file and not local.is_file():
         raise FileNotFoundError(f"--clip-pretrained {pretrained}: no such file")
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if is_file else pretrained,
-                                                                 device="cpu")  # fmt: skip
+    if not is_file and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        raise ValueError(f"--clip-pretrained {pretrained!r} is neither a file nor a pretrained tag of {name} "
+                         f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
+    try:
+        with _quiet_root_logger():  # open_clip warns "no pretrained weights loaded" before we load the file
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if is_file else pretrained,
+                                                                         device="cpu")  # fmt: skip
+    except RuntimeError as error:  # an unknown tag of this model
+        raise ValueError(f"--clip-pretrained {pretrained}: {error}") from None
     if is_file:
         try:
             model.load_state_dict(load_state_dict(local))

@@ -266,6 +266,7 @@ def run_score(options: ScoreOptions) -> dict:
             changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
             raise ValueError(f"{out} has partial results of a run with other {changed} ({settings_path(out)}); rerun "
                              "that command to finish it, or delete its .partial files to start over")  # fmt: skip
+    scorers, notes = build_scorers(options, device, dtype_name)  # bad model options fail before any file is written
     barrier()
     if ranks.rank == 0:
         write_json_atomic(settings_path(out), record)
@@ -275,7 +276,6 @@ def run_score(options: ScoreOptions) -> dict:
     barrier()
     done = {r["key"] for part in existing_parts(out) for r in read_lines(part, torn_tail=True)}
     barrier()  # nobody appends before every rank has read what is done
-    scorers, notes = build_scorers(options, device, dtype_name)
     mine.touch()
     key_order: list[str] = []
     scored = skipped = 0
