@@ -171,3 +171,21 @@ def test_plain_template_turns_and_training_loss(setup, tmp_path):
     weights = torch.tensor(per_answer, dtype=torch.float64)
     assert math.isclose(float((torch.tensor(row["loss_turns"], dtype=torch.float64) * weights).sum() / weights.sum()),
                         row["loss"], rel_tol=1e-4)  # fmt: skip
+
+
+def test_max_length_truncates_as_training(setup):
+    from data_prep.score.model_metrics import ModelScorer
+
+    _, _, model, samples = setup
+    multi = next(s for s in samples if s.record["id"] == "multi")
+    kwargs = dict(tokens_per_image=model.tokens_per_image, num_images=1)
+    length = len(encode_conversation(multi.record["conversations"], model.tokenizer, "vicuna_v1", **kwargs).input_ids)
+    cut = encode_conversation(multi.record["conversations"], model.tokenizer, "vicuna_v1", max_length=length - 2, **kwargs)
+    transform = model.make_image_transform()
+    pixels = transform.normalize(torch.stack([transform.load(multi.images[0])]))
+    with torch.no_grad():
+        training = model(torch.tensor([cut.input_ids]), pixels, labels=torch.tensor([cut.labels])).loss
+    row = ModelScorer(model, ("loss",), torch.float32, max_length=length - 2).score([multi])[0]
+    assert math.isclose(row["loss"], float(training), rel_tol=1e-5) and len(row["loss_turns"]) == 3
+    short = ModelScorer(model, ("loss",), torch.float32, max_length=10).score([multi])[0]
+    assert short["loss"] is None and short["loss_error"].startswith("too_long")

@@ -260,6 +260,8 @@ def run_score(options: ScoreOptions) -> dict:
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = resume_record(options, dtype_name)
+    if out.exists():
+        read_lines(out)  # a file that is not ours is an error now, not after scoring every sample
     if existing_parts(out) and settings_path(out).exists():
         previous = json.loads(settings_path(out).read_text())
         if previous != record:
@@ -304,8 +306,7 @@ def run_score(options: ScoreOptions) -> dict:
     barrier()
     result = {"scored": scored, "skipped_done": skipped, "notes": notes, "rank": ranks.rank}
     if ranks.rank == 0:
-        with_tokens = not any("num_tokens left out" in note for note in notes)
-        owned = {c for m in options.metrics for c in metric_columns(m, with_tokens)}
+        owned = {c for m in options.metrics for c in metric_columns(m, options.tokenizer_source is not None)}
         parts = existing_parts(out)
         result["lines"] = merge_into(out, parts, key_order, owned)
         for part in parts:
