@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import chain, pairwise
 
 import pytest
 import torch
+from test_prep_score_free import make_shards, read_scores
 
 from data_prep.cli import main
 from data_prep.inspect_shards import ShardSample, iter_samples
 from mm.chat import IGNORE_INDEX, encode_conversation
-from test_prep_score_free import make_shards, read_scores
 
 METRICS = ("loss", "ifd", "image_reliance")
 
@@ -69,17 +70,17 @@ def hand_metrics(model, sample: ShardSample) -> dict:
     full = _token_losses(model, ids, pixels, positions)
     cut = [len(r) for r in runs]
     bounds = [sum(cut[:i]) for i in range(len(cut) + 1)]
-    full_turns = [full[a:b] for a, b in zip(bounds, bounds[1:])]
+    full_turns = [full[a:b] for a, b in pairwise(bounds)]
     start = model.tokenizer.bos_token_id
     alone = [_token_losses(model, [start, *[ids[p] for p in run]], None, list(range(1, len(run) + 1))) for run in runs]
     out = {"loss": _mean(full), "loss_turns": [_mean(t) for t in full_turns],
-           "ifd": _mean(full) / _mean(sum(alone, [])), "ifd_turns": [_mean(f) / _mean(a) for f, a in zip(full_turns, alone)]}  # fmt: skip
+           "ifd": _mean(full) / _mean(list(chain(*alone))), "ifd_turns": [_mean(f) / _mean(a) for f, a in zip(full_turns, alone)]}  # fmt: skip
     if sample.images:
         kept = [i for i, t in enumerate(ids) if t != model.image_token_id]
         no_ids, no_labels = [ids[i] for i in kept], [labels[i] for i in kept]
         no_image = _token_losses(model, no_ids, None, [p for p in range(1, len(no_ids)) if no_labels[p] != IGNORE_INDEX])
         out["image_reliance"] = _mean(no_image) - _mean(full)
-        out["image_reliance_turns"] = [_mean(no_image[a:b]) - _mean(f) for (a, b), f in zip(zip(bounds, bounds[1:]), full_turns)]
+        out["image_reliance_turns"] = [_mean(no_image[a:b]) - _mean(f) for (a, b), f in zip(pairwise(bounds), full_turns)]
     else:
         out["image_reliance"] = out["image_reliance_turns"] = None
     # `loss` is training's loss of this sample alone
@@ -150,9 +151,8 @@ def test_plain_template_turns_and_training_loss(setup, tmp_path):
     """Under `plain` the answers of a multi-turn sample touch each other (user turns render as their images
     only): turns are found by the labels of the conversation cut after each turn."""
     import mm
-    from mm.tiny import tiny_vlm_config
-
     from data_prep.score.model_metrics import ModelScorer
+    from mm.tiny import tiny_vlm_config
 
     _, _, _, samples = setup
     torch.manual_seed(1)
@@ -178,7 +178,7 @@ def test_max_length_truncates_as_training(setup):
 
     _, _, model, samples = setup
     multi = next(s for s in samples if s.record["id"] == "multi")
-    kwargs = dict(tokens_per_image=model.tokens_per_image, num_images=1)
+    kwargs = {"tokens_per_image": model.tokens_per_image, "num_images": 1}
     length = len(encode_conversation(multi.record["conversations"], model.tokenizer, "vicuna_v1", **kwargs).input_ids)
     cut = encode_conversation(multi.record["conversations"], model.tokenizer, "vicuna_v1", max_length=length - 2, **kwargs)
     transform = model.make_image_transform()

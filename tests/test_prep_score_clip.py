@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from test_prep_score_free import make_shards, read_scores
 
 from data_prep.cli import main
 from data_prep.inspect_shards import iter_samples
-from test_prep_score_free import make_shards, read_scores
 
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
@@ -69,7 +69,7 @@ def test_clip_cosine_matches_hand_computation(clip_setup, tmp_path, weights):
 
 
 def test_clip_weights_are_loaded_safely(clip_setup, tmp_path, capsys):
-    root, shards, config, *_ = clip_setup
+    _, shards, config, *_ = clip_setup
     pickled = tmp_path / "evil.bin"
     torch.save({"weights": NotWeights()}, pickled)
     wrong = tmp_path / "wrong.safetensors"
@@ -87,7 +87,7 @@ def test_clip_weights_are_loaded_safely(clip_setup, tmp_path, capsys):
 
 
 def test_unknown_clip_model_or_tag(clip_setup, tmp_path, capsys):
-    _, shards, config, *_ = clip_setup
+    _, shards, *_ = clip_setup
     base = ["score", str(shards), "--metrics", "clip", "--out", str(tmp_path / "s.jsonl"), "--no-progress"]
     assert main([*base, "--clip-model", "no-such-clip", "--clip-pretrained", "openai"]) == 1
     assert "is not an open_clip model" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_phash_minhash_length_columns(shards, tmp_path):
     # planted near-duplicates: few differing pHash bits; different pictures: many
     near = imagehash.hex_to_hash(by_id["near_a"]["phash"][0]) - imagehash.hex_to_hash(by_id["near_b"]["phash"][0])
     far = imagehash.hex_to_hash(by_id["near_a"]["phash"][0]) - imagehash.hex_to_hash(by_id["cap4"]["phash"][0])
-    assert near <= 4 < 16 <= far
+    assert near <= 4 and far >= 16
     # identical texts: identical signatures; unrelated texts: low estimated Jaccard
     assert by_id["near_a"]["minhash"] == by_id["near_b"]["minhash"]
     a, b = (MinHash(128, seed=1, scheme="affine32", hashvalues=by_id[i]["minhash"]) for i in ("near_a", "multi"))
@@ -169,7 +169,7 @@ class Boom(RuntimeError):
 
 
 def test_resume_after_injected_error(shards, tmp_path, monkeypatch):
-    import data_prep.score.runner as runner
+    from data_prep.score import runner
 
     reference = tmp_path / "reference.jsonl"
     _score(shards, reference, "--metrics", "phash,length", "--batch-size", "3")
@@ -227,7 +227,7 @@ sys.exit(main(sys.argv[1:]))
 def test_resume_after_sigkill(shards, tmp_path):
     out = tmp_path / "scores.jsonl"
     args = ["score", str(shards), "--out", str(out), "--no-progress", "--metrics", "minhash,length", "--batch-size", "2"]
-    killed = subprocess.run([sys.executable, "-c", KILL_DRIVER, *args], cwd=REPO, capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", KILL_DRIVER, *args], cwd=REPO, capture_output=True, text=True, check=False)
     assert killed.returncode == -9, killed.stderr
     partial = tmp_path / "scores.jsonl.partial"
     done = [json.loads(line)["key"] for line in partial.read_text().splitlines()[:4]]

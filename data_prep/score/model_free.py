@@ -6,8 +6,8 @@ Each scorer takes a batch of `ShardSample`s and returns one dict of columns per 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from data_prep.inspect_shards import ShardSample
 from mm.chat import GPT, IMAGE_TOKEN

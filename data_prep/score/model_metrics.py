@@ -24,8 +24,9 @@ row's losses independent of the batch it is in (tests compare batch 1 with batch
 from __future__ import annotations
 
 import math
+from itertools import pairwise
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ def loss_metric(full: torch.Tensor, bounds: Sequence[int]) -> tuple[float | None
     loss. Curation by loss: e.g. Marion et al. 2023, "When Less is More: Investigating Data Pruning for
     Pretraining LLMs at Scale" (perplexity-based pruning).
     """
-    turns = [_finite(_mean(full[a:b])) for a, b in zip(bounds, bounds[1:])]
+    turns = [_finite(_mean(full[a:b])) for a, b in pairwise(bounds)]
     return _finite(_mean(full)), turns
 
 
@@ -91,7 +92,7 @@ def ifd_metric(full: torch.Tensor, alone: Sequence[torch.Tensor], bounds: Sequen
     paper's code ranks by the perplexity ratio exp(s(A|Q)) / exp(s(A)) = exp(s(A|Q) - s(A)); we keep the
     paper's published loss ratio. null where a loss is 0 or there is no answer token.
     """
-    turns = [_ratio(_mean(full[a:b]), _mean(turn)) for (a, b), turn in zip(zip(bounds, bounds[1:]), alone)]
+    turns = [_ratio(_mean(full[a:b]), _mean(turn)) for (a, b), turn in zip(pairwise(bounds), alone)]
     everything = torch.cat(list(alone)) if alone else torch.zeros(0)
     return _ratio(_mean(full), _mean(everything)), turns
 
@@ -112,7 +113,7 @@ def image_reliance_metric(full: torch.Tensor, no_image: torch.Tensor | None, bou
     """
     if no_image is None:
         return None, None
-    turns = [_difference(_mean(no_image[a:b]), _mean(full[a:b])) for a, b in zip(bounds, bounds[1:])]
+    turns = [_difference(_mean(no_image[a:b]), _mean(full[a:b])) for a, b in pairwise(bounds)]
     return _difference(_mean(no_image), _mean(full)), turns
 
 
@@ -198,7 +199,7 @@ class ModelScorer:
             no_image = Row([ids[i] for i in kept], [labels[i] for i in kept])
         alone = []
         if "ifd" in self.metrics:
-            for a, b in zip(bounds, bounds[1:]):
+            for a, b in pairwise(bounds):
                 tokens = [ids[p] for p in positions[a:b]]
                 alone.append(Row([self.start_id, *tokens], [IGNORE_INDEX, *tokens]))
         return EncodedSample(full, bounds, no_image, alone)

@@ -19,9 +19,9 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from data_prep.inspect_shards import ShardSample, iter_samples
 from data_prep.score.model_free import LengthScorer, MinHashScorer, MinHashSettings, PHashScorer
