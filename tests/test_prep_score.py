@@ -110,6 +110,8 @@ def test_cli_scores_match_hand_computation(setup, tmp_path):
         for column, value in expected.items():
             assert _close(line[column], value, 1e-4), (sample.record["id"], column, line[column], value)
         assert all(isinstance(line[m], float) for m in ("loss", "ifd")) and not any(k.endswith("_error") for k in line)
+    meta = json.loads((tmp_path / "scores.jsonl.meta.json").read_text())
+    assert meta["ifd"]["chat_template"] == "vicuna_v1" and meta["loss"]["dtype"] == "float32"
     text_only = next(line for line in scores.values() if line["id"] == "text")
     assert text_only["image_reliance"] is None and text_only["image_reliance_turns"] is None
     multi = next(line for line in scores.values() if line["id"] == "multi")

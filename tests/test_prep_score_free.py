@@ -162,6 +162,7 @@ def test_runs_merge_by_key(shards, tmp_path):
     again = read_scores(out)
     assert again[order[0]]["phash"] == first["phash"] and all("num_words" in line for line in again.values())
     assert not list(tmp_path.glob("*.partial*"))
+    assert set(json.loads((tmp_path / "scores.jsonl.meta.json").read_text())) == {"length", "phash"}
 
 
 class Boom(RuntimeError):
@@ -282,7 +283,7 @@ def test_two_gloo_ranks(shards, tmp_path):
     reference = tmp_path / "reference.jsonl"
     _score(shards, reference, "--metrics", "phash,length")
     assert scores == read_scores(reference)
-    assert not list(tmp_path.glob("scores.jsonl.*"))
+    assert [p.name for p in tmp_path.glob("scores.jsonl.*")] == ["scores.jsonl.meta.json"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -189,6 +189,22 @@ def merge_into(out: Path, parts: list[Path], key_order: list[str], owned: set[st
     return len(order)
 
 
+def provenance_path(out: Path) -> Path:
+    return out.with_name(f"{out.name}.meta.json")
+
+
+def write_provenance(out: Path, scorers: list) -> None:
+    """``OUT.meta.json``: {metric: how its columns were made (checkpoint, template, dtype, clip model, minhash
+    parameters, tokenizer)}, updated per run like the columns."""
+    path = provenance_path(out)
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(meta, dict):
+        meta = {}
+    for scorer in scorers:
+        meta.update(scorer.settings())
+    write_json_atomic(path, meta)
+
+
 # ---------------------------------------------------------------------------------------------- scorers
 def build_scorers(options: ScoreOptions, device: str | None, dtype) -> tuple[list, list[str]]:
     """The scorers of the requested metrics, and notes for the user (e.g. a column left out)."""
@@ -309,6 +325,7 @@ def run_score(options: ScoreOptions) -> dict:
         owned = {c for m in options.metrics for c in metric_columns(m, options.tokenizer_source is not None)}
         parts = existing_parts(out)
         result["lines"] = merge_into(out, parts, key_order, owned)
+        write_provenance(out, scorers)
         for part in parts:
             part.unlink()
         settings_path(out).unlink(missing_ok=True)
