@@ -16,6 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+MODEL_METRICS = ("loss", "ifd", "image_reliance")
+CLIP_METRICS = ("clip",)
+FREE_METRICS = ("phash", "minhash", "length")
+METRICS = MODEL_METRICS + CLIP_METRICS + FREE_METRICS
 METRIC_HELP = ("comma-separated: loss, ifd, image_reliance (need --checkpoint); clip (needs --clip-model and "
                "--clip-pretrained); phash, minhash, length (model-free)")  # fmt: skip
 

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from data_prep.inspect_shards import ShardSample
+from data_prep.score import MODEL_METRICS
 from mm.chat import GPT, IGNORE_INDEX, ConversationError, SampleTooLong, encode_conversation
 
-MODEL_METRICS = ("loss", "ifd", "image_reliance")
 
 
 def _mean(values: torch.Tensor) -> float | None:

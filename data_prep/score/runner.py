@@ -24,13 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.inspect_shards import ShardSample, iter_samples
+from data_prep.score import METRICS, MODEL_METRICS
 from data_prep.score.model_free import LengthScorer, MinHashScorer, MinHashSettings, PHashScorer
 from mm.atomic import write_json_atomic, write_text_atomic
 
-MODEL_METRICS = ("loss", "ifd", "image_reliance")
-CLIP_METRICS = ("clip",)
-FREE_METRICS = ("phash", "minhash", "length")
-METRICS = MODEL_METRICS + CLIP_METRICS + FREE_METRICS
 IDENTITY = ("key", "id", "source")
 
 
