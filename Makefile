@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 GPU_CHECK_OUT ?= gpu_check_out
 
-.PHONY: install test test-all demo bench-quick gpu-check clean
+.PHONY: install test test-all demo demo-select bench-quick gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash configs/demo/run_demo.sh $(DEMO_DIR)
 
+# Data selection experiment (README, "Data curation"): noise, scores, AUROC, top vs random vs all.
+SELECT_DIR ?= select_out
+demo-select: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash configs/demo/run_select.sh $(SELECT_DIR)
+
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
 
@@ -33,4 +38,4 @@ gpu-check:
 	bash bench/gpu_check.sh $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(SELECT_DIR) .pytest_cache

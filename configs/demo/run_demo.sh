@@ -21,18 +21,8 @@ read -r -a TRAIN_ARGS <<< "${DEMO_TRAIN_ARGS:-}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."  # the configs name the tiny model's assets relative to the repository root
 mkdir -p "$DIR"
-START=$(date +%s)
-stamp() { echo "[demo $(( $(date +%s) - START ))s] $*"; }
-
-# The same bits on every run and every x86-64 machine with AVX2: a fixed thread count, and the AVX2 code
-# paths of ATen, MKL (its conditional numerical reproducibility mode) and oneDNN instead of whatever the CPU
-# offers. Float results differ in the last bits between those paths, and over thousands of steps the demo
-# turns last bits into different models (BENCHMARKS.md, "demo reproducibility"). Set any of them to override.
-if [ "$(uname -m)" = "x86_64" ]; then
-  export ATEN_CPU_CAPABILITY="${ATEN_CPU_CAPABILITY:-avx2}" MKL_CBWR="${MKL_CBWR:-AVX2}" \
-         DNNL_MAX_CPU_ISA="${DNNL_MAX_CPU_ISA:-AVX2}"
-fi
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# shellcheck source=configs/demo/common.sh
+source configs/demo/common.sh
 
 if [ -f "$DIR/synth/synth.json" ]; then
   stamp "synthetic data already in $DIR/synth"
@@ -41,33 +31,12 @@ else
   mm-prep synth --out "$DIR/synth" --num-train "$NUM_TRAIN" --num-eval "$NUM_EVAL" --max-objects 2
 fi
 
-train_stage() {  # name config train_shards_json
-  local name="$1" config="$2" shards="$3" root="$DIR/$1"
-  if [ -f "$root/export/model.safetensors" ]; then
-    stamp "$name already trained: $root/export"
-    return
-  fi
-  local resume=()
-  if [ -f "$root/checkpoints/last.ckpt" ]; then
-    resume=(--ckpt_path last)  # mm-train finds the run's newest last*.ckpt
-    stamp "$name: resuming from its last checkpoint"
-  fi
-  stamp "$name: mm-train fit --config $config"
-  mm-train fit --config "$config" \
-    --trainer.default_root_dir "$root" --trainer.logger.init_args.save_dir "$root" \
-    --trainer.enable_progress_bar false \
-    --model.export_dir "$root/export" --data.train_shards "$shards" \
-    --seed_everything "$SEED" --model.policy.init_seed "$SEED" --data.seed "$SEED" \
-    --trainer.max_steps "$MAX_STEPS" "${TRAIN_ARGS[@]}" "${@:4}" "${resume[@]}"
-  stamp "$name: trained"
-}
-
-train_stage stage1 configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]"
+train_stage "$DIR/stage1" configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]"
 STAGE2_SHARDS="[{\"urls\": \"$DIR/synth/instruct\"}"
 if [ "$IFEVAL_TRAIN" = "1" ]; then
   STAGE2_SHARDS+=", {\"urls\": \"$DIR/synth/ifeval\", \"weight\": 0.5}"
 fi
-train_stage stage2 configs/demo/stage2_finetune.yaml "$STAGE2_SHARDS]" --model.policy.init_from "$DIR/stage1/export"
+train_stage "$DIR/stage2" configs/demo/stage2_finetune.yaml "$STAGE2_SHARDS]" --model.policy.init_from "$DIR/stage1/export"
 
 for task in synth_vqa synth_mc; do
   stamp "mm-eval run --task $task"

@@ -1,0 +1,39 @@
+# Shared by the demo scripts (run_demo.sh, run_select.sh): sourced after DIR, SEED, MAX_STEPS and the
+# TRAIN_ARGS array are set, from the repository root (the configs name the tiny model's assets relative to it).
+
+START=$(date +%s)
+stamp() { echo "[$(basename "$0" .sh) $(( $(date +%s) - START ))s] $*"; }
+
+# The same bits on every run and every x86-64 machine with AVX2: a fixed thread count, and the AVX2 code
+# paths of ATen, MKL (its conditional numerical reproducibility mode) and oneDNN instead of whatever the CPU
+# offers. Float results differ in the last bits between those paths, and over thousands of steps the demo
+# turns last bits into different models (BENCHMARKS.md, "demo reproducibility"). Set any of them to override.
+if [ "$(uname -m)" = "x86_64" ]; then
+  export ATEN_CPU_CAPABILITY="${ATEN_CPU_CAPABILITY:-avx2}" MKL_CBWR="${MKL_CBWR:-AVX2}" \
+         DNNL_MAX_CPU_ISA="${DNNL_MAX_CPU_ISA:-AVX2}"
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+# train_stage ROOT CONFIG TRAIN_SHARDS_JSON [mm-train options...]: trains into ROOT (export in ROOT/export),
+# skipped when that export exists, resumed from ROOT's last checkpoint when one exists.
+train_stage() {
+  local root="$1" config="$2" shards="$3" name
+  name="$(basename "$1")"
+  if [ -f "$root/export/model.safetensors" ]; then
+    stamp "$name already trained: $root/export"
+    return
+  fi
+  local resume=()
+  if [ -f "$root/checkpoints/last.ckpt" ]; then
+    resume=(--ckpt_path last)  # mm-train finds the run's newest last*.ckpt
+    stamp "$name: resuming from its last checkpoint"
+  fi
+  stamp "$name: mm-train fit --config $config"
+  mm-train fit --config "$config" \
+    --trainer.default_root_dir "$root" --trainer.logger.init_args.save_dir "$root" \
+    --trainer.enable_progress_bar false \
+    --model.export_dir "$root/export" --data.train_shards "$shards" \
+    --seed_everything "$SEED" --model.policy.init_seed "$SEED" --data.seed "$SEED" \
+    --trainer.max_steps "$MAX_STEPS" "${TRAIN_ARGS[@]}" "${@:4}" "${resume[@]}"
+  stamp "$name: trained"
+}
