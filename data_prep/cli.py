@@ -1,4 +1,4 @@
-"""`mm-prep`: llava | vqa | synth | inspect | select."""
+"""`mm-prep`: llava | vqa | pref | synth | inspect | select."""
 
 from __future__ import annotations
 
@@ -80,6 +80,19 @@ def cmd_vqa(args: argparse.Namespace) -> None:
     _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=args.source, input_info=info))
 
 
+def cmd_pref(args: argparse.Namespace) -> None:
+    from data_prep.pref import VLFEEDBACK_RATING, load_pref
+
+    source = args.source or Path(args.annotations).stem
+    samples, rejections, total = load_pref(args.annotations, args.image_root, source, args.format,
+                                           allow_outside_root=args.allow_outside_root)  # fmt: skip
+    info = {"annotations": str(args.annotations), "image_root": str(args.image_root), "format": args.format,
+            "allow_outside_root": args.allow_outside_root}  # fmt: skip
+    if args.format == "vlfeedback":
+        info["rating"] = VLFEEDBACK_RATING
+    _report(convert(samples, rejections, _convert_options(args), num_input_records=total, source=source, input_info=info))
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -93,7 +106,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
         colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
     )  # fmt: skip
     config = SynthConfig(num_train=args.num_train, num_eval=args.num_eval, seed=args.seed, world=world,
-                         min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval, noise=args.noise)  # fmt: skip
+                         min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval, noise=args.noise,
+                         pref=not args.no_pref)  # fmt: skip
     for split, result in write_train(config, _convert_options(args)).items():
         _report(result, split)
     counts = write_eval(config, args.out)
@@ -149,7 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_options(vqa)
     vqa.set_defaults(run=cmd_vqa)
 
-    synth = commands.add_parser("synth", help="generated scene-graph data: align/, instruct/ and ifeval/ shards, eval/ splits")
+    from data_prep.pref import FORMATS as PREF_FORMATS
+
+    pref = commands.add_parser("pref", help="preference pairs (prompt, chosen, rejected) -> preference shards for DPO")
+    pref.add_argument("--annotations", required=True,
+                      help=".json (list) or .jsonl records; .parquet for the rlhf-v and vlfeedback releases")
+    pref.add_argument("--format", choices=PREF_FORMATS, default="llava",
+                      help="llava (conversations ending with the prompt + chosen, rejected), rlhf-v "
+                           "(openbmb/RLHF-V-Dataset), vlfeedback (MMInstruction/VLFeedback: best vs worst rated)")
+    _add_image_root(pref, default=".", help="folder the records' image paths are relative to (and must stay in); "
+                                            "vlfeedback: the extracted merged_images/ ({id}.jpg)")
+    pref.add_argument("--source", default=None, help="dataset name stored with each sample (default: file stem)")
+    _add_shard_options(pref)
+    pref.set_defaults(run=cmd_pref)
+
+    synth = commands.add_parser("synth", help="generated scene-graph data: align/, instruct/, ifeval/ and pref/ shards, eval/ splits")
     synth.add_argument("--num-train", type=int, default=2000, help="training scenes")
     synth.add_argument("--num-eval", type=int, default=300, help="held-out evaluation scenes")
     synth.add_argument("--image-size", type=int, default=64)
@@ -164,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fraction of instruct samples given a wrong answer or another scene's image (noise.jsonl)")
     synth.add_argument("--no-ifeval", action="store_true",
                        help="skip the ifeval/ shards (questions under IFEval instructions) and eval/ifeval/")
+    synth.add_argument("--no-pref", action="store_true",
+                       help="skip the pref/ shards (hallucination preference pairs for DPO)")
     _add_shard_options(synth, samples_per_shard=500)
     synth.set_defaults(run=cmd_synth)
 

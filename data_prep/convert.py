@@ -128,7 +128,8 @@ _TAR_END = 2 * TAR_BLOCK + tarfile.RECORDSIZE  # end-of-archive blocks + the mos
 
 def _estimated_bytes(sample: Sample, image_bytes: int) -> int:
     """Bytes the sample adds to a tar (exact unless images get re-encoded)."""
-    text = json.dumps([sample.id, sample.source, sample.conversations, sample.meta], ensure_ascii=False, default=str)
+    parts = [sample.id, sample.source, sample.conversations, sample.meta] + ([sample.fields] if sample.fields else [])
+    text = json.dumps(parts, ensure_ascii=False, default=str)
     json_bytes = len(text.encode("utf-8")) + 64 * len(sample.images) + 256
     members = 1 + len(sample.images)
     return image_bytes + json_bytes + members * 2 * TAR_BLOCK  # header + padding per member
@@ -157,6 +158,8 @@ def _fingerprint(samples: list[Sample], image_bytes: dict[int, int], options: Co
     for sample in samples:
         images = [[ref.name, hashlib.sha256(ref.data).hexdigest() if ref.data is not None else ref.path] for ref in sample.images]
         entry = [sample.key, sample.index, sample.id, sample.source, sample.conversations, sample.meta, images, image_bytes[sample.index]]
+        if sample.fields:  # only then: earlier conversions keep their fingerprints (and resume)
+            entry.append(sample.fields)
         digest.update(json.dumps(entry, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 

@@ -71,6 +71,8 @@ class Sample:
     """(index, id) of the input records this sample carries when it merges several (VQA grouping)."""
     original: Any = None
     """The input record as read (kept in rejected.jsonl if the sample is rejected later)."""
+    fields: dict = field(default_factory=dict)
+    """Extra top-level fields of the shard record: a preference pair's `chosen` and `rejected` (data_prep.pref)."""
 
     def input_records(self) -> list[tuple[int, Any]]:
         return self.covers or [(self.index, self.id)]
@@ -103,10 +105,11 @@ class RecordError(ValueError):
         self.detail = detail
 
 
-def check_conversation(conversations: Any, num_images: int) -> None:
-    """Raise `RecordError` unless the conversation keeps mm.chat's contract for `num_images` images."""
+def check_conversation(conversations: Any, num_images: int, *, prompt: bool = False) -> None:
+    """Raise `RecordError` unless the conversation keeps mm.chat's contract for `num_images` images
+    (ending with a human turn for a `prompt`)."""
     try:
-        chat.check_conversation(conversations, num_images)
+        chat.check_conversation(conversations, num_images, prompt=prompt)
     except chat.ConversationError as error:
         raise RecordError(error.reason, error.detail) from None
 

@@ -119,10 +119,14 @@ def sample_members(sample: Sample, images: list[CheckedImage]) -> list[tuple[str
     resized = [{"image": i, "from": list(im.resized_from)} for i, im in enumerate(images) if im.resized_from]
     if resized:
         meta["resized"] = resized
+    base = ("id", "source", "conversations", "images", "image_sizes", "meta")
+    if any(name in base for name in sample.fields):
+        raise ValueError(f"sample {sample.id!r}: extra fields {sorted(sample.fields)} would replace {base}")
     record = {
         "id": sample.id,
         "source": sample.source,
         "conversations": sample.conversations,
+        **sample.fields,
         "images": suffixes,
         "image_sizes": [[image.width, image.height] for image in images],
         "meta": meta,

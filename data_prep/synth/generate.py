@@ -53,6 +53,9 @@ class SynthConfig:
     ifeval: bool = True
     """Also write `ifeval/` training shards (scene questions under IFEval instructions) and the held-out
     `eval/ifeval/` split of `ifeval_mm`."""
+    pref: bool = True
+    """Also write `pref/` preference shards: per scene a description or question with a faithful `chosen`
+    and a `rejected` reply with one hallucinated object, attribute, count or relation (synth/preference.py)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise < 1:
@@ -153,13 +156,18 @@ def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, Conve
     scenes = [_train_scene(config, i) for i in range(config.num_train)]
     results = {}
     builders = [("align", align_sample), ("instruct", instruct_sample)] + [("ifeval", ifeval_sample)] * config.ifeval
+    if config.pref:
+        from data_prep.synth.preference import preference_sample  # imports this module
+
+        builders.append(("pref", preference_sample))  # checks its own pairs (prompt, chosen, rejected)
     for split, build in builders:
         samples = []
         for index, (scene, png) in enumerate(scenes):
             sample = build(config, index, scene, png)
             if sample is None:  # no compatible instructions drawn for this scene
                 continue
-            check_conversation(sample.conversations, len(sample.images))  # generator bug, not bad input: raise
+            if split != "pref":
+                check_conversation(sample.conversations, len(sample.images))  # generator bug, not bad input: raise
             samples.append(sample)
         if split == "instruct" and config.noise > 0:
             samples = _noisy(config, samples, scenes, Path(options.out_dir) / "noise.jsonl")
