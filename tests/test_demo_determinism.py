@@ -45,5 +45,5 @@ def test_shortened_demo_twice_gives_identical_losses_weights_and_scores(tmp_path
         assert len(losses(a, stage)) == 4
         assert losses(a, stage) == losses(b, stage)  # as logged: every digit
         assert digest(a / stage / "export" / "model.safetensors") == digest(b / stage / "export" / "model.safetensors")
-    for task in ("synth_vqa", "synth_mc"):
+    for task in ("synth_vqa", "synth_mc", "ifeval_mm"):
         assert (a / "eval" / task / "metrics.json").read_text() == (b / "eval" / task / "metrics.json").read_text()

@@ -1,8 +1,8 @@
-# Shared by the demo scripts (run_demo.sh, run_select.sh): sourced after DIR, SEED, MAX_STEPS and the
-# TRAIN_ARGS array are set, from the repository root (the configs name the tiny model's assets relative to it).
+# Shared by the demo scripts (run_demo.sh, run_select.sh): sourced after DIR, SEED, MAX_STEPS, the TRAIN_ARGS
+# array and STAMP_NAME are set, from the repository root (the configs name the tiny model's assets relative to it).
 
 START=$(date +%s)
-stamp() { echo "[$(basename "$0" .sh) $(( $(date +%s) - START ))s] $*"; }
+stamp() { echo "[$STAMP_NAME $(( $(date +%s) - START ))s] $*"; }
 
 # The same bits on every run and every x86-64 machine with AVX2: a fixed thread count, and the AVX2 code
 # paths of ATen, MKL (its conditional numerical reproducibility mode) and oneDNN instead of whatever the CPU

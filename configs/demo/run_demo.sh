@@ -21,6 +21,7 @@ read -r -a TRAIN_ARGS <<< "${DEMO_TRAIN_ARGS:-}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."  # the configs name the tiny model's assets relative to the repository root
 mkdir -p "$DIR"
+STAMP_NAME=demo
 # shellcheck source=configs/demo/common.sh
 source configs/demo/common.sh
 

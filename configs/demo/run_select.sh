@@ -22,6 +22,7 @@ TRAIN_ARGS=()
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."
 mkdir -p "$DIR"
+STAMP_NAME=demo-select
 # shellcheck source=configs/demo/common.sh
 source configs/demo/common.sh
 
