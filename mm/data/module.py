@@ -4,7 +4,7 @@ Rank and world size come from the trainer (Lightning's launcher does not set ``R
 it spawns, so environment variables alone would make every rank read every shard). The loader is
 *stateful*: Lightning stores ``{epoch, batches}`` in checkpoints, and a resumed run skips exactly the
 batches already trained on. It also looks ahead over each gradient-accumulation window and attaches the
-window's target-token count to its batches, so the loss can be normalised by the tokens of the whole
+window's target-token count (and its count of real samples) to its batches, so the loss can be normalised by the tokens of the whole
 window (see ``VLMTrainingModule``).
 """
 
@@ -45,8 +45,9 @@ def windowed(batches: Iterator[dict], window: int, start: int = 0) -> Iterator[d
 
 def _flush(pending: list[dict]) -> Iterator[dict]:
     total = sum(target_tokens(batch) for batch in pending)
+    samples = sum(batch["num_samples"] for batch in pending if not batch.get("is_padding"))
     for batch in pending:
-        yield {**batch, "window_target_tokens": total}
+        yield {**batch, "window_target_tokens": total, "window_samples": samples}
 
 
 class StreamLoader(DataLoader):
@@ -147,11 +148,16 @@ class ShardDataModule(L.LightningDataModule):
         )
         return decoder, vlm.tokenizer.pad_token_id
 
+    def dataset_class(self) -> type[ShardStreamDataset]:
+        """The stream's class: the LightningModule's `stream_dataset_class` when it has one (preference
+        training reads pairs: `mm.data.pairs.PreferenceStreamDataset`), else `ShardStreamDataset`."""
+        return getattr(self.trainer.lightning_module, "stream_dataset_class", ShardStreamDataset)
+
     def _loader(self, sources, *, shuffle: bool, accumulate: int, position) -> StreamLoader:
         decoder, pad_id = self._decoder()
         settings = StreamSettings(shuffle=shuffle, **self.settings)
-        dataset = ShardStreamDataset(sources, decoder, pad_id, settings, rank=self.rank,
-                                     world_size=self.world_size, num_workers=self.num_workers)
+        dataset = self.dataset_class()(sources, decoder, pad_id, settings, rank=self.rank,
+                                       world_size=self.world_size, num_workers=self.num_workers)
         return StreamLoader(dataset, num_workers=self.num_workers, accumulate=accumulate, position=position,
                             pin_memory=self.pin_memory)
 

@@ -3,6 +3,7 @@
     mm-train fit --config configs/demo/stage1_align.yaml
     mm-train fit --config ... --ckpt_path last          # resume mid-epoch exactly (error if none)
     mm-train fit --print_config                         # every option with its help text
+    mm-train fit --config configs/demo/dpo.yaml         # model.policy.stage dpo: preference pairs (DPOTrainingModule)
 
 The resolved config is written next to the logs/checkpoints (`config.yaml`).
 """
@@ -17,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
+from mm.train.dpo_module import for_stage
 from mm.train.module import CheckpointMismatch, VLMTrainingModule
 from mm.train.strategies import UnsupportedStrategy, check_strategy
 
@@ -33,6 +35,15 @@ class MMTrainCLI(LightningCLI):
             check_strategy(config.trainer.strategy, config.model.policy)  # when absent, naming no working fix
         if config.get("weights_only") is None:  # explicit, whatever torch's default: never unpickle code
             config.weights_only = True
+
+    def after_instantiate_classes(self) -> None:
+        # The preference stages (model.policy.stage dpo, dpo_lora) train with DPOTrainingModule: same options.
+        if getattr(self, "model", None) is None:  # nothing was instantiated (a parse-only subclass)
+            return
+        model = for_stage(self.model)
+        if model is not self.model:
+            self.model = model
+            (self.config_init[self.subcommand] if self.subcommand else self.config_init)["model"] = model
 
     def before_fit(self) -> None:
         run_checkpoints_in_one_folder(self.trainer)

@@ -10,7 +10,7 @@ import torch
 from mm.builder import build_vlm
 from mm.config import VLMConfig
 from mm.weights import assign_state_dict
-from mm.train.policy import TrainingPolicy
+from mm.train.policy import LORA_STAGES, TrainingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,25 @@ def build_for_stage(config: VLMConfig, policy: TrainingPolicy, *, trust_remote_c
     vlm.set_trainable(vision=vision, projector=projector, llm=llm)
     if policy.init_projector_from:
         load_projector(vlm, policy.init_projector_from)
-    if policy.stage == "lora":
+    if policy.stage in LORA_STAGES:
         add_lora(vlm, policy)
     if policy.gradient_checkpointing:
         vlm.gradient_checkpointing_enable()
     return vlm
+
+
+def build_reference(config: VLMConfig, policy: TrainingPolicy, *, trust_remote_code: bool = False):
+    """The stage's starting model (the same seeded random parts and `init_from` weights as `build_for_stage`,
+    before anything trains), frozen and in eval mode: the reference model of preference training."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(policy.init_seed)
+        vlm = build_vlm(config, trust_remote_code=trust_remote_code)
+    if policy.init_from:
+        load_all(vlm, policy.init_from)
+    if policy.init_projector_from:
+        load_projector(vlm, policy.init_projector_from)
+    vlm.requires_grad_(False)
+    return vlm.eval()
 
 
 def add_lora(vlm, policy: TrainingPolicy) -> None:

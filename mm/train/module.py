@@ -130,17 +130,30 @@ class VLMTrainingModule(L.LightningModule):
         self._count(batch)
         self._log_throughput(batch)
         self._window_has_targets = bool(window_tokens > 0)  # the same on every rank: window_tokens is global
-        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
-        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
-            scale *= self.trainer.accumulate_grad_batches  # its engine divides by the accumulation steps again
-        divisor = window_tokens.clamp(min=1.0) / scale
+        return self._training_loss(batch, window_tokens)
+
+    def _training_loss(self, batch: dict, window_tokens: torch.Tensor) -> torch.Tensor:
+        """This micro-batch's share of the window's token-mean loss (the objective; DPO replaces it). Adds
+        the share to `_window_loss`, which `on_train_batch_end` logs once the window is complete."""
+        divisor = window_tokens.clamp(min=1.0) / self._loss_scale()
         loss = self(batch, num_items_in_batch=divisor).loss
         self._window_loss = self._window_loss.to(self.device) + loss.detach() * divisor / window_tokens.clamp(min=1)
         return loss
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+    def _loss_scale(self) -> int:
+        """What Lightning and the strategy divide the returned loss by: the accumulation steps and the ranks."""
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            scale *= self.trainer.accumulate_grad_batches  # its engine divides by the accumulation steps again
+        return scale
+
+    def _window_done(self, batch_idx: int) -> bool:
+        """True at the last micro-batch of an accumulation window (or of the epoch)."""
         window_done = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        if window_done or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return window_done or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self._window_done(batch_idx):
             # Every rank's share is sum(CE)/window tokens; their sum is the window's token-mean loss. A window
             # of padding batches only has no loss: it is not logged (it would read as a loss of 0.0).
             window_loss = self._reduce_sum(self._window_loss.to(self.device))

@@ -10,7 +10,13 @@ STAGES = {
     "finetune": (False, True, True),
     "full": (True, True, True),
     "lora": (False, True, False),
+    "dpo": (False, True, True),
+    "dpo_lora": (False, True, False),
 }
+LORA_STAGES = ("lora", "dpo_lora")
+PREFERENCE_STAGES = ("dpo", "dpo_lora")  # trained on preference pairs against a reference (mm.train.dpo)
+DPO_LOSSES = ("sigmoid", "ipo")
+DPO_REFERENCES = ("model", "precomputed")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -19,7 +25,7 @@ class TrainingPolicy:
     """Training stage and optimisation settings."""
 
     stage: str = "finetune"
-    """What trains: `align` (projector), `finetune` (projector + LLM), `full` (+ vision tower), `lora` (projector + LoRA on the LLM)."""
+    """What trains: `align` (projector), `finetune` (projector + LLM), `full` (+ vision tower), `lora` (projector + LoRA on the LLM); `dpo` (projector + LLM) and `dpo_lora` (projector + LoRA) on preference pairs."""
     lr: float = 2e-5
     """Peak learning rate of the LLM (and its LoRA adapters)."""
     projector_lr: float | None = None
@@ -52,12 +58,38 @@ class TrainingPolicy:
     """Seed of every randomly initialised part, so that stage 2 rebuilds stage 1's random parts exactly."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute)."""
+    dpo_loss: str = "sigmoid"
+    """Preference loss (stages `dpo`, `dpo_lora`): `sigmoid` (DPO, Rafailov et al. 2023) or `ipo` (Azar et al. 2023)."""
+    dpo_beta: float = 0.1
+    """DPO beta (IPO: tau), the strength of the pull towards the reference model."""
+    dpo_label_smoothing: float = 0.0
+    """cDPO: the assumed probability that a preference label is flipped, in [0, 0.5) (loss `sigmoid`)."""
+    dpo_sft_weight: float = 0.0
+    """RPO alpha (Pang et al. 2024): weight of the chosen answers' mean token NLL added to the loss (0 = off)."""
+    dpo_reference: str = "model"
+    """Reference log-probs from `model` (a frozen copy of the starting model, in memory) or `precomputed` once by a first pass and stored in a file."""
+    dpo_reference_logps: str | None = None
+    """The file of precomputed reference log-probs; None = beside the first train shards, named by a hash of model and data settings."""
+    dpo_disable_dropout: bool = True
+    """Turn dropout off in the trained model, so policy and reference log-probs are deterministic and comparable."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; valid stages: {sorted(STAGES)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dpo_loss not in DPO_LOSSES:
+            raise ValueError(f"unknown dpo_loss {self.dpo_loss!r}; valid: {list(DPO_LOSSES)}")
+        if self.dpo_reference not in DPO_REFERENCES:
+            raise ValueError(f"unknown dpo_reference {self.dpo_reference!r}; valid: {list(DPO_REFERENCES)}")
+        if not self.dpo_beta > 0:
+            raise ValueError(f"dpo_beta must be > 0, got {self.dpo_beta}")
+        if not 0.0 <= self.dpo_label_smoothing < 0.5:
+            raise ValueError(f"dpo_label_smoothing must be in [0, 0.5), got {self.dpo_label_smoothing}")
+        if self.dpo_label_smoothing and self.dpo_loss != "sigmoid":
+            raise ValueError("dpo_label_smoothing (cDPO) applies to dpo_loss 'sigmoid' only")
+        if self.dpo_sft_weight < 0:
+            raise ValueError(f"dpo_sft_weight must be >= 0, got {self.dpo_sft_weight}")
 
     @property
     def trains(self) -> tuple[bool, bool, bool]:

@@ -3,6 +3,7 @@
     strategy                     align / finetune / full       lora
     single device, ddp           yes                           yes
     fsdp (state_dict_type full)  yes (export gathered)         no: peft merges adapters on one rank
+    (dpo, dpo_lora: as lora, and not fsdp either: the frozen reference would be sharded and exported too)
     deepspeed stage 1 / 2        yes                           yes
     deepspeed stage 3            no: weights are partitioned while the model loads, and the export saves the
                                  local partitions (use fsdp)
@@ -26,6 +27,8 @@ from lightning.pytorch.strategies import (
     Strategy,
     StrategyRegistry,
 )
+
+from mm.train.policy import LORA_STAGES, PREFERENCE_STAGES
 
 SUPPORTED = (SingleDeviceStrategy, DDPStrategy, FSDPStrategy)  # DeepSpeedStrategy is a DDPStrategy
 
@@ -65,7 +68,12 @@ def check_strategy(strategy: Any, policy) -> None:
     if not issubclass(cls, SUPPORTED):
         raise UnsupportedStrategy(f"mm-train does not support {name}: use strategy ddp, fsdp or deepspeed_stage_2")
     if issubclass(cls, FSDPStrategy):
-        if policy.stage == "lora":
+        if policy.stage in PREFERENCE_STAGES:
+            raise UnsupportedStrategy(
+                "DPO under FSDP is not supported (the frozen reference model would be sharded with the trained one "
+                "and the gathered export would hold both): use strategy ddp or deepspeed_stage_2"
+            )
+        if policy.stage in LORA_STAGES:
             raise UnsupportedStrategy(
                 "LoRA under FSDP cannot be exported (the adapters are merged into the LLM on one rank): "
                 "use strategy ddp or deepspeed_stage_2"

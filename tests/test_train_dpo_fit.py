@@ -1,0 +1,224 @@
+"""DPO training runs on CPU: frozen vs precomputed reference, the demo recipe through `mm-train`, export,
+and a two-process run killed mid-epoch and resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import mm
+from mm.tiny import tiny_vlm_config
+from mm.train.dpo_module import DPOTrainingModule, for_stage
+from mm.train.module import VLMTrainingModule
+from mm.train.policy import TrainingPolicy
+from train_helpers import COLORS, cpu_trainer, png_bytes, recorded_batches_callback, tiny_data, write_tar
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "demo" / "dpo.yaml"
+MM_TRAIN = Path(sys.executable).parent / "mm-train"
+
+
+def pref_record(key: str, color: str) -> dict:
+    other = next(name for name in COLORS if name != color)
+    meta = {"id": key, "source": "test", "conversations": [{"from": "human", "value": "<image>\nWhat color is it?"}],
+            "images": ["img0.png"], "image_sizes": [[12, 8]], "meta": {"color": color},
+            "chosen": f"It is {color}.", "rejected": f"It is {other}, and it is a large round shape."}
+    return {"json": json.dumps(meta).encode(), "img0.png": png_bytes(COLORS[color])}
+
+
+def write_pref_shards(directory: Path, sizes: list[int]) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    colors, keys, entries = list(COLORS), [], []
+    for shard, size in enumerate(sizes):
+        name = f"pref-{shard:06d}.tar"
+        records = {}
+        for index in range(size):
+            key = f"p{shard}_{index}"
+            records[key] = pref_record(key, colors[(shard + index) % len(colors)])
+            keys.append(key)
+        write_tar(directory / name, records)
+        entries.append({"name": name, "num_samples": size})
+    (directory / "manifest.json").write_text(json.dumps({"shards": entries}))
+    return keys
+
+
+def dpo_module(**policy) -> DPOTrainingModule:
+    settings = dict(stage="dpo", lr=1e-3, warmup_ratio=0.0)
+    return DPOTrainingModule(tiny_vlm_config(), TrainingPolicy(**{**settings, **policy}))
+
+
+def run(root: Path, data: Path, steps: int, **policy):
+    recorder = recorded_batches_callback()
+    module = dpo_module(**policy)
+    trainer = cpu_trainer(root, max_steps=steps, callbacks=[recorder])
+    trainer.fit(module, datamodule=tiny_data(data, shuffle_buffer=4))
+    return recorder, trainer, module
+
+
+def test_frozen_and_precomputed_reference_give_equal_losses(tmp_path):
+    write_pref_shards(tmp_path / "data", [3, 3])  # 6 pairs, batch 2: 3 steps an epoch; 4 steps cross into epoch 1
+    frozen, trainer, module = run(tmp_path / "frozen", tmp_path / "data", 4, dpo_reference="model")
+    assert module.reference is not None and not any(p.requires_grad for p in module.reference.parameters())
+    precomputed, _, module = run(tmp_path / "precomputed", tmp_path / "data", 4, dpo_reference="precomputed")
+    assert module.reference is None
+    (reference_file,) = (tmp_path / "data").glob("reference_logps-*.json")  # beside the shards
+    assert len(json.loads(reference_file.read_text())["logps"]) == 6
+
+    assert frozen.losses[0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference before any step
+    assert frozen.losses == pytest.approx(precomputed.losses, abs=1e-5)
+    assert len(set(round(loss, 4) for loss in frozen.losses)) > 1  # it trains
+    assert [b["keys"] for b in frozen.batches] == [b["keys"] for b in precomputed.batches]
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
+                 "logps/rejected", "train/loss"):
+        assert name in trainer.callback_metrics, name
+    batch = frozen.batches[0]
+    assert batch["input_ids"].shape[0] == 2 * batch["num_samples"]  # chosen rows, then rejected rows
+
+    # a second precomputed run reads the file: a lower reference log-prob of a rejected answer makes the
+    # policy's rejected answer look preferred, and the first loss rises above log 2
+    saved = json.loads(reference_file.read_text())
+    first = frozen.batches[0]["keys"][0]
+    saved["logps"][f"{first.rsplit('/', 1)[-1]}"][1] -= 5.0
+    reference_file.write_text(json.dumps(saved))
+    again, _, _ = run(tmp_path / "again", tmp_path / "data", 1, dpo_reference="precomputed")
+    assert again.losses[0] > math.log(2) + 1e-3
+
+
+def test_rpo_term_and_ipo_train(tmp_path):
+    write_pref_shards(tmp_path / "data", [4])
+    rpo, _, _ = run(tmp_path / "rpo", tmp_path / "data", 1, dpo_sft_weight=1.0)
+    assert rpo.losses[0] > math.log(2) + 0.5  # log 2 plus the chosen answers' mean NLL (random model: large)
+    ipo, _, _ = run(tmp_path / "ipo", tmp_path / "data", 1, dpo_loss="ipo", dpo_beta=0.5)
+    assert ipo.losses[0] == pytest.approx(1.0, abs=1e-6)  # (0 - 1 / (2 * 0.5))^2
+
+
+def test_dpo_lora_trains_adapters_and_exports_a_plain_model(tmp_path):
+    write_pref_shards(tmp_path / "data", [4])
+    _, _, module = run(tmp_path / "lora", tmp_path / "data", 2, stage="dpo_lora", lora_r=4, lora_alpha=8)
+    trainable = {name for name, param in module.vlm.named_parameters() if param.requires_grad}
+    assert trainable and all("lora_" in name or name.startswith("projector.") for name in trainable)
+    exported = mm.load_pretrained(tmp_path / "lora" / "export")
+    assert not any("lora" in name for name, _ in exported.named_parameters())
+
+
+def test_the_cli_builds_the_dpo_module_for_preference_stages():
+    policy = TrainingPolicy(stage="dpo", dpo_beta=0.3)
+    base = VLMTrainingModule(tiny_vlm_config(), policy, export_dir="x", overwrite_export=True)
+    module = for_stage(base)
+    assert isinstance(module, DPOTrainingModule)
+    assert (module.policy, module.export_dir, module.overwrite_export) == (policy, "x", True)
+    plain = VLMTrainingModule(tiny_vlm_config(), TrainingPolicy(stage="finetune"))
+    assert for_stage(plain) is plain
+    with pytest.raises(ValueError, match="dpo_label_smoothing"):
+        TrainingPolicy(stage="dpo", dpo_loss="ipo", dpo_label_smoothing=0.1)
+
+
+def test_fsdp_is_refused_for_dpo():
+    from mm.train.strategies import UnsupportedStrategy, check_strategy
+
+    with pytest.raises(UnsupportedStrategy, match="DPO under FSDP"):
+        check_strategy("fsdp", TrainingPolicy(stage="dpo"))
+
+
+# --------------------------------------------------------------------------- the demo recipe through mm-train
+def stage2_export(directory: Path) -> Path:
+    """An export of the demo recipe's model, standing in for the demo's stage-2 export."""
+    from mm.config import VLMConfig
+    from mm.train.init import build_for_stage
+
+    model = yaml.safe_load(RECIPE.read_text())["model"]["model"]
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the recipe names the tiny model's assets relative to the repository root
+    try:
+        build_for_stage(VLMConfig.from_dict(model), TrainingPolicy(stage="full", init_seed=3)).save_pretrained(directory)
+    finally:
+        os.chdir(cwd)
+    return directory
+
+
+def mm_train(root: Path, data: Path, init: Path, *, steps: int, devices: int = 1, extra: list[str] = (),
+             resume: bool = False) -> subprocess.CompletedProcess:
+    command = [
+        str(MM_TRAIN), "fit", "--config", str(RECIPE),
+        "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+        "--model.export_dir", str(root / "export"), "--model.policy.init_from", str(init),
+        "--data.train_shards", json.dumps([{"urls": str(data)}]), "--data.batch_size", "2",
+        "--data.num_workers", "0", "--data.max_length", "256", "--trainer.max_steps", str(steps),
+        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.devices", str(devices), *extra,
+    ]
+    if resume:
+        command += ["--ckpt_path", "last"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+
+
+def metrics(root: Path) -> list[list[dict]]:
+    runs = sorted((root / "logs").glob("version_*/metrics.csv"), key=lambda path: int(path.parent.name[8:]))
+    return [list(csv.DictReader(open(path))) for path in runs]
+
+
+def step_values(rows: list[dict], name: str) -> dict[int, float]:
+    return {int(row["step"]): float(row[name]) for row in rows if row.get(name)}
+
+
+def test_demo_recipe_through_mm_train_exports_a_loadable_model(tmp_path):
+    write_pref_shards(tmp_path / "data", [4, 4])
+    init = stage2_export(tmp_path / "stage2" / "export")
+    result = mm_train(tmp_path / "run", tmp_path / "data", init, steps=4)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (rows,) = metrics(tmp_path / "run")
+    losses = step_values(rows, "train/loss")
+    assert len(losses) == 4 and losses[min(losses)] == pytest.approx(math.log(2), abs=1e-5)
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
+                 "logps/rejected"):
+        assert len(step_values(rows, name)) == 4, name
+    resolved = yaml.safe_load((tmp_path / "run" / "logs" / "version_0" / "config.yaml").read_text())
+    assert resolved["model"]["policy"]["stage"] == "dpo"
+
+    exported, start = mm.load_pretrained(tmp_path / "run" / "export"), mm.load_pretrained(init)
+    after, before = dict(exported.named_parameters()), dict(start.named_parameters())
+    assert after.keys() == before.keys()
+    changed = {name.split(".")[0] for name in after if not torch.equal(after[name], before[name])}
+    assert changed == {"projector", "llm"}  # stage dpo: projector + LLM; the tower stays
+
+
+def test_two_process_dpo_killed_mid_epoch_resumes_the_same_curve(tmp_path):
+    # 12 pairs over 2 ranks, batch 2: 3 steps an epoch; checkpoints every 2 steps; killed before step 3
+    write_pref_shards(tmp_path / "data", [4, 4, 4])
+    init = stage2_export(tmp_path / "stage2" / "export")
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text("trainer:\n  callbacks:\n"
+                         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                         "      init_args: {save_last: true, every_n_train_steps: 2, save_top_k: -1}\n")
+    kill = tmp_path / "kill.yaml"
+    kill.write_text(callbacks.read_text() + "    - class_path: train_helpers.SigkillAtStep\n"
+                                            "      init_args: {step: 3}\n")
+    ddp = ["--trainer.strategy", "ddp", "--model.policy.dpo_reference", "precomputed"]
+    straight = mm_train(tmp_path / "straight", tmp_path / "data", init, steps=5, devices=2,
+                        extra=["--config", str(callbacks), *ddp])
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    killed = mm_train(tmp_path / "resumed", tmp_path / "data", init, steps=5, devices=2, extra=["--config", str(kill), *ddp])
+    assert killed.returncode != 0
+    resumed = mm_train(tmp_path / "resumed", tmp_path / "data", init, steps=5, devices=2,
+                       extra=["--config", str(callbacks), *ddp], resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    (straight_rows,), (killed_rows, resumed_rows) = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    for name in ("train/loss", "rewards/margin", "logps/chosen"):
+        expected = step_values(straight_rows, name)
+        before, after = step_values(killed_rows, name), step_values(resumed_rows, name)
+        assert min(after) == 2 and max(after) == max(expected) == 4
+        for step, value in [*before.items(), *after.items()]:
+            assert value == pytest.approx(expected[step], abs=1e-5), f"{name} step {step}"
+    assert mm.load_pretrained(tmp_path / "resumed" / "export") is not None
