@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 GPU_CHECK_OUT ?= gpu_check_out
 
-.PHONY: install test test-all demo demo-select bench-quick gpu-check clean
+.PHONY: install test test-all demo demo-select demo-dpo bench-quick gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 SELECT_DIR ?= select_out
 demo-select: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash configs/demo/run_select.sh $(SELECT_DIR)
+
+# Preference tuning on the demo (README, "Preference tuning"): SFT -> DPO on synthetic hallucination pairs -> POPE.
+demo-dpo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash configs/demo/run_dpo.sh $(DEMO_DIR)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
