@@ -18,18 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import ImageFile
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install -e .[lmms])")
-_restore = __import__("PIL.ImageFile", fromlist=["ImageFile"])
-_restore.LOAD_TRUNCATED_IMAGES = False  # in case importing lmms_eval already flipped it (see the fixture below)
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # in case importing lmms_eval already flipped it (see the fixture below)
 
 
 @pytest.fixture(autouse=True)
 def _pil_truncated_images_stay_refused():
     """lmms_eval.api.task sets PIL's process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True when imported; in
     this test process that would make every later test accept truncated images (mm-prep's checks among them)."""
-    from PIL import ImageFile
-
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     yield
     ImageFile.LOAD_TRUNCATED_IMAGES = False
