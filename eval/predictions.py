@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from mm.atomic import BadLine, read_appended_lines
+
 log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("question_id", "text")
 
@@ -44,22 +46,11 @@ def parse_predictions(path: Path, *, torn_tail: bool = False) -> tuple[list[dict
     `torn_tail` (resuming a file a crash may have cut mid-write) an unterminated or bad last line is
     left out, and the length returned ends before it.
     """
-    data = path.read_bytes()
-    records, start = [], 0
-    for number, line in enumerate(data.split(b"\n"), 1):
-        end = start + len(line)
-        if line.strip():
-            try:
-                if torn_tail and end == len(data):
-                    raise ValueError("no newline at its end")
-                records.append(_parse_line(line))
-            except ValueError as error:
-                if torn_tail and not data[end:].strip():
-                    return records, start
-                where = "; it is not the last line, so not a torn write that resuming cuts off" if torn_tail else ""
-                raise PredictionFileError(f"{path}:{number}: {error}{where}") from None
-        start = end + 1
-    return records, len(data)
+    try:
+        return read_appended_lines(path, _parse_line, torn_tail=torn_tail)
+    except BadLine as bad:
+        where = "; it is not the last line, so not a torn write that resuming cuts off" if bad.torn_tail else ""
+        raise PredictionFileError(f"{path}:{bad.number}: {bad.message}{where}") from None
 
 
 def read_predictions(path: str | Path) -> list[dict]:

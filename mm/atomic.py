@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def current_umask() -> int:
@@ -62,3 +62,35 @@ def write_json_atomic(path: str | Path, value: Any, *, indent: int | None = 2) -
 
 def write_jsonl_atomic(path: str | Path, rows: list[Any]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+class BadLine(ValueError):
+    """A line of an appended JSON-lines file that cannot be read: `number` (1-based) and what is wrong."""
+
+    def __init__(self, number: int, message: str, torn_tail: bool):
+        super().__init__(message)
+        self.number, self.message, self.torn_tail = number, message, torn_tail
+
+
+def read_appended_lines(path: str | Path, parse: Callable[[bytes], Any], *, torn_tail: bool = False) -> tuple[list, int]:
+    """The records of a JSON-lines file written by appending whole lines (blank lines skipped; `parse` turns a
+    line into a record or raises ValueError), and the length in bytes of the part they were read from.
+
+    With `torn_tail` (a file a kill may have cut mid-write) an unterminated or unreadable *last* line is left
+    out and the length ends before it; any other bad line raises `BadLine`.
+    """
+    data = Path(path).read_bytes()
+    records, start = [], 0
+    for number, line in enumerate(data.split(b"\n"), 1):
+        end = start + len(line)
+        if line.strip():
+            try:
+                if torn_tail and end == len(data):
+                    raise ValueError("no newline at its end")
+                records.append(parse(line))
+            except ValueError as error:
+                if torn_tail and not data[end:].strip():
+                    return records, start
+                raise BadLine(number, str(error), torn_tail) from None
+        start = end + 1
+    return records, len(data)

@@ -26,7 +26,7 @@ from pathlib import Path
 from data_prep.inspect_shards import ShardSample, iter_samples
 from data_prep.score import METRICS, MODEL_METRICS
 from data_prep.score.model_free import LengthScorer, MinHashScorer, MinHashSettings, PHashScorer
-from mm.atomic import write_json_atomic, write_text_atomic
+from mm.atomic import BadLine, read_appended_lines, write_json_atomic, write_text_atomic
 
 IDENTITY = ("key", "id", "source")
 
@@ -137,27 +137,21 @@ def existing_parts(out: Path) -> list[Path]:
 def read_lines(path: Path, *, torn_tail: bool = False, truncate: bool = False) -> list[dict]:
     """Score lines of a file. With ``torn_tail`` an unterminated or unreadable *last* line (a kill mid-write)
     is left out, and cut off the file with ``truncate``; any other bad line is an error naming the line."""
-    data = path.read_bytes()
-    records, start = [], 0
-    for number, line in enumerate(data.split(b"\n"), 1):
-        end = start + len(line)
-        if line.strip():
-            try:
-                if torn_tail and end == len(data):
-                    raise ValueError("no newline at its end")
-                record = json.loads(line.decode("utf-8"))
-                if not isinstance(record, dict) or not isinstance(record.get("key"), str):
-                    raise ValueError("not a JSON object with a string 'key'")
-                records.append(record)
-            except ValueError as error:
-                if torn_tail and not data[end:].strip():
-                    if truncate:
-                        with open(path, "r+b") as handle:
-                            handle.truncate(start)
-                    return records
-                raise ValueError(f"{path}:{number}: not a score line ({error})") from None
-        start = end + 1
+    try:
+        records, good_end = read_appended_lines(path, _score_line, torn_tail=torn_tail)
+    except BadLine as bad:
+        raise ValueError(f"{path}:{bad.number}: not a score line ({bad.message})") from None
+    if truncate and good_end < path.stat().st_size:
+        with open(path, "r+b") as handle:
+            handle.truncate(good_end)
     return records
+
+
+def _score_line(line: bytes) -> dict:
+    record = json.loads(line.decode("utf-8"))
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+        raise ValueError("not a JSON object with a string 'key'")
+    return record
 
 
 def append_lines(path: Path, rows: list[dict]) -> None:
