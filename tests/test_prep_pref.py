@@ -3,32 +3,17 @@ llava layout and from tiny files in the released layouts of RLHF-V (parquet, jso
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from data_prep.cli import main
 from data_prep.inspect_shards import iter_samples
 from mm.chat import check_conversation
+from test_prep_llava import gpt, human, image_bytes
 
 RECORD_KEYS = ["id", "source", "conversations", "chosen", "rejected", "images", "image_sizes", "meta"]
-
-
-def image_bytes(fmt: str, size=(32, 24), color=(200, 30, 30)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, fmt)
-    return out.getvalue()
-
-
-def human(text):
-    return {"from": "human", "value": text}
-
-
-def gpt(text):
-    return {"from": "gpt", "value": text}
 
 
 def run(tmp_path: Path, annotations: Path, fmt: str, root: Path, out: str = "out", *extra: str) -> Path:

@@ -20,7 +20,7 @@ from mm.tiny import tiny_vlm_config
 from mm.train.dpo_module import DPOTrainingModule, for_stage
 from mm.train.module import VLMTrainingModule
 from mm.train.policy import TrainingPolicy
-from train_helpers import COLORS, cpu_trainer, png_bytes, recorded_batches_callback, tiny_data, write_tar
+from train_helpers import COLORS, cpu_trainer, png_bytes, recorded_batches_callback, tiny_data, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "demo" / "dpo.yaml"
@@ -36,19 +36,7 @@ def pref_record(key: str, color: str) -> dict:
 
 
 def write_pref_shards(directory: Path, sizes: list[int]) -> list[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    colors, keys, entries = list(COLORS), [], []
-    for shard, size in enumerate(sizes):
-        name = f"pref-{shard:06d}.tar"
-        records = {}
-        for index in range(size):
-            key = f"p{shard}_{index}"
-            records[key] = pref_record(key, colors[(shard + index) % len(colors)])
-            keys.append(key)
-        write_tar(directory / name, records)
-        entries.append({"name": name, "num_samples": size})
-    (directory / "manifest.json").write_text(json.dumps({"shards": entries}))
-    return keys
+    return write_shards(directory, sizes, prefix="pref", record=pref_record)
 
 
 def dpo_module(**policy) -> DPOTrainingModule:

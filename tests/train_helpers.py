@@ -47,8 +47,11 @@ def write_tar(path: Path, records: dict[str, dict]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(directory: Path, sizes: list[int], *, prefix: str = "shard", manifest: bool = True) -> list[str]:
-    """Shards of caption samples with keys `{prefix}{shard}_{index}`; returns all keys in shard order."""
+def write_shards(directory: Path, sizes: list[int], *, prefix: str = "shard", manifest: bool = True,
+                 record=None) -> list[str]:
+    """Shards of samples made by `record(key, color)` (default: caption samples) with keys
+    `{prefix}{shard}_{index}`; returns all keys in shard order."""
+    record = record or caption_record
     directory.mkdir(parents=True, exist_ok=True)
     keys, entries = [], []
     colors = list(COLORS)
@@ -57,7 +60,7 @@ def write_shards(directory: Path, sizes: list[int], *, prefix: str = "shard", ma
         records = {}
         for index in range(size):
             key = f"{prefix}{shard}_{index}"
-            records[key] = caption_record(key, colors[(shard + index) % len(colors)])
+            records[key] = record(key, colors[(shard + index) % len(colors)])
             keys.append(key)
         write_tar(directory / name, records)
         entries.append({"name": name, "num_samples": size, "num_bytes": (directory / name).stat().st_size})
