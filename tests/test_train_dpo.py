@@ -190,7 +190,7 @@ def test_labels_cover_exactly_the_answer(template, chosen_span, rejected_span, p
     pair = decoder(template)(pair_record("k", prompt, "It is red.", "It is a very bright green."))
     assert trained_text(pair.chosen) == [chosen_span]  # an earlier turn's answer is context, not trained
     assert trained_text(pair.rejected) == [rejected_span]
-    assert pair.key == "/data/pref/pref-000000.tar#k" and pair_key(pair.key) == "pref-000000.tar#k"
+    assert pair.key == "/data/pref/pref-000000.tar#k" and pair_key(pair.key) == "pref/pref-000000.tar#k"
     # the prompt tokens are the same in both rows
     prompt_length = pair.chosen.labels.index(next(l for l in pair.chosen.labels if l != IGNORE_INDEX))
     assert pair.chosen.input_ids[:prompt_length] == pair.rejected.input_ids[:prompt_length]
@@ -286,12 +286,12 @@ def test_labelled_positions_head_equals_full_logits(vlm):
 
 
 def test_reference_file_round_trip_and_checks(tmp_path):
-    table = ReferenceLogps({"a": 1}, {"s.tar#k": (-1.25, -3.5)})
+    table = ReferenceLogps({"a": 1}, {"pref/s.tar#k": (-1.25, -3.5)})
     table.save(tmp_path / "ref.json")
     loaded = ReferenceLogps.load(tmp_path / "ref.json", {"a": 1})
-    chosen, rejected = loaded.lookup(["/somewhere/else/s.tar#k"], "cpu")  # shards moved: same key
+    chosen, rejected = loaded.lookup(["/somewhere/else/pref/s.tar#k"], "cpu")  # shard tree moved: same key
     assert chosen.tolist() == [-1.25] and rejected.tolist() == [-3.5]
     with pytest.raises(ValueError, match="other settings"):
         ReferenceLogps.load(tmp_path / "ref.json", {"a": 2})
     with pytest.raises(KeyError, match="no precomputed"):
-        loaded.lookup(["s.tar#other"], "cpu")
+        loaded.lookup(["pref/s.tar#other"], "cpu")

@@ -17,6 +17,7 @@ import yaml
 
 import mm
 from mm.tiny import tiny_vlm_config
+from mm.train.dpo import pair_key
 from mm.train.dpo_module import DPOTrainingModule, for_stage
 from mm.train.module import VLMTrainingModule
 from mm.train.policy import TrainingPolicy
@@ -75,7 +76,7 @@ def test_frozen_and_precomputed_reference_give_equal_losses(tmp_path):
     # policy's rejected answer look preferred, and the first loss rises above log 2
     saved = json.loads(reference_file.read_text())
     first = frozen.batches[0]["keys"][0]
-    saved["logps"][f"{first.rsplit('/', 1)[-1]}"][1] -= 5.0
+    saved["logps"][pair_key(first)][1] -= 5.0
     reference_file.write_text(json.dumps(saved))
     again, _, _ = run(tmp_path / "again", tmp_path / "data", 1, dpo_reference="precomputed")
     assert again.losses[0] > math.log(2) + 1e-3
@@ -210,3 +211,55 @@ def test_two_process_dpo_killed_mid_epoch_resumes_the_same_curve(tmp_path):
         for step, value in [*before.items(), *after.items()]:
             assert value == pytest.approx(expected[step], abs=1e-5), f"{name} step {step}"
     assert mm.load_pretrained(tmp_path / "resumed" / "export") is not None
+
+
+# --------------------------------------------------------------------------- validation
+def test_validation_reports_the_mean_over_the_validation_pairs(tmp_path):
+    from mm.data.shards import ShardSource
+    from mm.train.dpo import model_logps, preference_loss
+    from mm.train.init import build_reference
+
+    write_pref_shards(tmp_path / "train", [4])  # 2 steps an epoch; validation at its end
+    write_pref_shards(tmp_path / "val", [3])  # same file and record names as train: told apart by the folder
+    data = tiny_data(tmp_path / "train", val_shards=[ShardSource(str(tmp_path / "val"))])
+
+    # before any step the policy is the reference: every pair's loss is log 2, no reward margin
+    module = dpo_module(dpo_reference="precomputed")
+    (start,) = cpu_trainer(tmp_path / "validate").validate(module, datamodule=data)
+    assert start["val/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert start["val/rewards/margin"] == pytest.approx(0.0, abs=1e-6) and start["val/rewards/accuracy"] == 0.0
+    (reference_file,) = (tmp_path / "train").glob("reference_logps-*.json")
+    assert len(json.loads(reference_file.read_text())["logps"]) == 4 + 3
+
+    # after two steps: the logged figures are the means over the three validation pairs, by hand
+    module = dpo_module(dpo_reference="model")
+    trainer = cpu_trainer(tmp_path / "fit", max_steps=2)
+    trainer.fit(module, datamodule=data)
+    reference, losses, margins = build_reference(module.model_config, module.policy), [], []
+    module.vlm.eval()
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            if batch["is_padding"]:
+                continue
+            pixels = module.image_transform.normalize(batch["pixel_values"])
+            policy, reference_sums = model_logps(module.vlm, batch, pixels)[0], model_logps(reference, batch, pixels)[0]
+            pairs = batch["num_samples"]
+            terms = preference_loss(policy[:pairs], policy[pairs:], reference_sums[:pairs], reference_sums[pairs:], beta=0.1)
+            losses += terms.losses.tolist()
+            margins += (terms.chosen_rewards - terms.rejected_rewards).tolist()
+    assert len(losses) == 3
+    logged = trainer.callback_metrics
+    assert float(logged["val/loss"]) == pytest.approx(sum(losses) / 3, abs=1e-5)
+    assert float(logged["val/rewards/margin"]) == pytest.approx(sum(margins) / 3, abs=1e-5)
+    assert float(logged["val/rewards/accuracy"]) == pytest.approx(sum(m > 0 for m in margins) / 3)
+    assert float(logged["val/loss"]) != pytest.approx(math.log(2), abs=1e-4)  # it trained
+
+
+def test_precomputed_reference_refuses_two_pairs_under_one_key(tmp_path):
+    from mm.data.shards import ShardSource
+
+    write_pref_shards(tmp_path / "a" / "pref", [2])
+    write_pref_shards(tmp_path / "b" / "pref", [2])  # the same folder/file#key names as a/pref's
+    data = tiny_data(tmp_path / "a" / "pref", val_shards=[ShardSource(str(tmp_path / "b" / "pref"))])
+    with pytest.raises(ValueError, match="belong to more than one preference pair"):
+        cpu_trainer(tmp_path / "run", max_steps=1).fit(dpo_module(dpo_reference="precomputed"), datamodule=data)

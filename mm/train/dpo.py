@@ -135,10 +135,11 @@ def _tokens(counts: torch.Tensor | None) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- precomputed reference
 def pair_key(sample_key: str) -> str:
-    """A pair's key in the reference file: the shard's file name and the record's key (`<url>#<key>` with
-    the folder dropped, so the file stays valid when the shards move)."""
+    """A pair's key in the reference file: the shard's folder and file names and the record's key
+    (`<url>#<key>` with the folders above dropped, so the file stays valid when the shard tree moves; the
+    folder keeps a train and a validation split, both `shard-000000.tar`, apart)."""
     url, _, key = sample_key.rpartition("#")
-    return f"{url.rsplit('/', 1)[-1]}#{key}"
+    return f"{'/'.join(url.rsplit('/', 2)[-2:])}#{key}"
 
 
 def reference_fingerprint(settings: dict) -> str:

@@ -21,6 +21,7 @@ checkpoints of the trainable weights, the export at the end of fit); what change
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import inspect
 import logging
 from pathlib import Path
@@ -79,6 +80,10 @@ class DPOTrainingModule(VLMTrainingModule):
 
     def on_fit_start(self) -> None:
         if self.policy.dpo_reference == "precomputed":
+            self.reference_logps = self._precomputed_reference()
+
+    def on_validation_start(self) -> None:  # `mm-train validate` runs no fit
+        if self.policy.dpo_reference == "precomputed" and self.reference_logps is None:
             self.reference_logps = self._precomputed_reference()
 
     # ----------------------------------------------------------------- the objective
@@ -182,7 +187,7 @@ class DPOTrainingModule(VLMTrainingModule):
         if self.trainer.ckpt_path is not None:  # the weights are no longer the starting model's
             raise RuntimeError(f"resuming needs the reference log-probs of the first run's start, and {path} is gone")
         parts = _gather_objects(self._compute_reference_logps(), self.trainer.world_size)
-        table = ReferenceLogps(settings, {key: value for part in parts for key, value in part.items()})
+        table = ReferenceLogps(settings, unique_pairs([entry for part in parts for entry in part]))
         if self.trainer.global_rank == 0:
             table.save(path)
             log.info("reference log-probs of %d pairs written to %s", len(table.logps), path)
@@ -190,7 +195,7 @@ class DPOTrainingModule(VLMTrainingModule):
         return table
 
     @torch.no_grad()
-    def _compute_reference_logps(self) -> dict[str, tuple[float, float]]:
+    def _compute_reference_logps(self) -> list[tuple[str, tuple[float, float]]]:
         """This rank's share of every train and validation pair, with the model as it starts (the policy
         before its first step is the reference: `build_for_stage` and `build_reference` load the same
         weights, LoRA adapters start as the identity, dropout is off in eval mode)."""
@@ -200,7 +205,7 @@ class DPOTrainingModule(VLMTrainingModule):
         sources = [dataclasses.replace(source, weight=1.0) for source in data.train_sources + data.val_sources]
         dataset = PreferenceStreamDataset(sources, decoder, pad_id, settings, rank=self.trainer.global_rank,
                                           world_size=self.trainer.world_size, num_workers=0)
-        was_training, found = self.vlm.training, {}
+        was_training, found = self.vlm.training, []
         self.vlm.eval()
         try:
             with self.trainer.precision_plugin.forward_context():
@@ -214,10 +219,22 @@ class DPOTrainingModule(VLMTrainingModule):
                     sums = model_logps(self.vlm, tensors, pixel_values)[0].tolist()
                     pairs = batch["num_samples"]
                     for index, key in enumerate(batch["keys"]):
-                        found[pair_key(key)] = (sums[index], sums[pairs + index])
+                        found.append((pair_key(key), (sums[index], sums[pairs + index])))
         finally:
             self.vlm.train(was_training)
         return found
+
+
+def unique_pairs(entries: list[tuple[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """{pair key: log-probs}, refusing two pairs under one key (one would get the other's reference)."""
+    shared = [key for key, count in Counter(key for key, _ in entries).items() if count > 1]
+    if shared:
+        raise ValueError(
+            f"{len(shared)} reference keys (shard folder/file#record key) belong to more than one preference pair, "
+            f"e.g. {shared[0]!r}: give the train and validation shard folders distinct names, or use "
+            "dpo_reference 'model'"
+        )
+    return dict(entries)
 
 
 def disable_dropout(model: nn.Module) -> None:
