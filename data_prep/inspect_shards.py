@@ -129,17 +129,23 @@ def inspect_directory(directory: str | Path, tokenizer=None) -> dict:
     """Counts, per-source breakdown, length statistics and images per sample."""
     sources, images_per_sample, formats = Counter(), Counter(), Counter()
     turns, characters, tokens = [], [], []
+    answers = {"chosen": [], "rejected": []}  # preference pairs (`mm-prep pref`): the two answers' lengths
     num_samples = 0
     for sample in iter_samples(directory):
         num_samples += 1
-        conversation = sample.record["conversations"]
-        sources[sample.record.get("source", "?")] += 1
+        record = sample.record
+        # a preference record's prompt ends with a human turn; its chosen answer is the turn it trains
+        texts = [m["value"] for m in record["conversations"]] + ([record["chosen"]] if "chosen" in record else [])
+        sources[record.get("source", "?")] += 1
         images_per_sample[len(sample.images)] += 1
-        formats.update(s.rsplit(".", 1)[-1] for s in sample.record.get("images", []))
-        turns.append(sum(m["from"] == "gpt" for m in conversation))
-        characters.append(sum(len(m["value"]) for m in conversation))
+        formats.update(s.rsplit(".", 1)[-1] for s in record.get("images", []))
+        turns.append(sum(m["from"] == "gpt" for m in record["conversations"]) + ("chosen" in record))
+        characters.append(sum(len(text) for text in texts))
+        for side, lengths in answers.items():
+            if side in record:
+                lengths.append(len(record[side]))
         if tokenizer is not None:
-            tokens.append(sum(len(tokenizer(m["value"], add_special_tokens=False)["input_ids"]) for m in conversation))
+            tokens.append(sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts))
     report = {
         "directory": str(directory),
         "num_shards": len(shard_paths(directory)),
@@ -151,6 +157,9 @@ def inspect_directory(directory: str | Path, tokenizer=None) -> dict:
         "turns": _stats(turns),
         "characters": _stats(characters),
     }
+    for side, lengths in answers.items():
+        if lengths:
+            report[f"{side} characters"] = _stats(lengths)
     if tokenizer is not None:
         report["tokens"] = _stats(tokens)
     manifest = Path(directory) / "manifest.json"
@@ -167,7 +176,7 @@ def format_report(report: dict) -> str:
         "images per sample: " + ", ".join(f"{n}: {c}" for n, c in report["images_per_sample"].items()),
         "image formats: " + ", ".join(f"{n}: {c}" for n, c in report["image_formats"].items()),
     ]
-    for name in ("turns", "characters", "tokens"):
+    for name in ("turns", "characters", "chosen characters", "rejected characters", "tokens"):
         if name in report:
             lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in report[name].items()))
     if report.get("rejected_by_reason"):
@@ -185,9 +194,10 @@ def contact_sheet_rows(samples: list[ShardSample], notes: list[str] | None = Non
             f'{base64.b64encode(data).decode()}" title="{html.escape(name)}">'
             for name, data in zip(sample.record.get("images", []), sample.images)
         )  # fmt: skip
+        answers = [(side, sample.record[side]) for side in ("chosen", "rejected") if side in sample.record]
         turns = "".join(
-            f'<p class="{html.escape(m["from"])}"><b>{html.escape(m["from"])}:</b> {html.escape(m["value"])}</p>'
-            for m in sample.record["conversations"]
+            f'<p class="{html.escape(speaker)}"><b>{html.escape(speaker)}:</b> {html.escape(text)}</p>'
+            for speaker, text in [(m["from"], m["value"]) for m in sample.record["conversations"]] + answers
         )  # fmt: skip
         caption = html.escape(f"{sample.shard} / {sample.key} / id {sample.record.get('id')!r} / {sample.record.get('source')}")
         if notes is not None and notes[number]:
@@ -200,7 +210,7 @@ def contact_sheet_page(body: str, title: str = "mm-prep contact sheet") -> str:
     """A complete HTML page around `body` (tables of `contact_sheet_rows`, headings)."""
     style = ("body{font-family:sans-serif}td{vertical-align:top;border-bottom:1px solid #ccc;padding:6px}"
              "td.img img{max-width:320px;image-rendering:pixelated;min-width:128px;display:block;margin-bottom:4px}"
-             "p{white-space:pre-wrap;margin:4px 0}.gpt{color:#064}.id{color:#666;font-size:small}"
+             "p{white-space:pre-wrap;margin:4px 0}.gpt{color:#064}.chosen{color:#064}.rejected{color:#a00}.id{color:#666;font-size:small}"
              ".note{color:#a00;font-weight:bold}")  # fmt: skip
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{body}</body></html>\n")  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.cli import main
-from data_prep.inspect_shards import iter_samples
+from data_prep.inspect_shards import contact_sheet, format_report, inspect_directory, iter_samples
 from mm.chat import check_conversation
 from test_prep_llava import gpt, human, image_bytes
 
@@ -93,6 +93,22 @@ def test_llava_layout_pairs_and_rejections(tmp_path):
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == shards
     again = run(tmp_path, annotations, "llava", root, "again")
     assert {p.name: p.read_bytes() for p in again.glob("*.tar")} == shards  # deterministic
+
+
+def test_inspect_counts_the_chosen_answer_as_the_trained_turn(tmp_path):
+    annotations = tmp_path / "pairs.jsonl"
+    annotations.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "conversations": [human("Say hi.")], "chosen": "Hi!", "rejected": "Go away now."},
+        {"id": "b", "conversations": [human("One."), gpt("Two."), human("Three?")], "chosen": "Four.", "rejected": "5"},
+    ]) + "\n")  # fmt: skip
+    out = run(tmp_path, annotations, "llava", tmp_path)
+    report = inspect_directory(out)
+    assert report["turns"]["min"] == 1 and report["turns"]["max"] == 2
+    assert report["characters"]["max"] == len("One.Two.Three?Four.")
+    assert report["chosen characters"]["max"] == 5 and report["rejected characters"]["max"] == len("Go away now.")
+    assert "rejected characters: min 1" in format_report(report)
+    page = contact_sheet(list(iter_samples(out)))
+    assert '<p class="chosen"><b>chosen:</b> Hi!</p><p class="rejected"><b>rejected:</b> Go away now.</p>' in page
 
 
 RLHF_V_PAIRS = [
