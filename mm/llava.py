@@ -133,10 +133,17 @@ def llava_config_for(model):
         image_seq_length=model.tokens_per_image,
         projector_hidden_act="gelu",
         vision_feature_select_strategy="default" if drops_cls else "full",
-        vision_feature_layer=model.config.vision.select_layer,
+        vision_feature_layer=llava_feature_layer(model.config.vision.select_layer, tower.num_layers),
         multimodal_projector_bias=model.config.projector.bias,
         tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
     )
+
+
+def llava_feature_layer(select_layer: int, num_layers: int) -> int:
+    """`select_layer` as Llava's `vision_feature_layer`. The embeddings (0) are written as their negative index:
+    transformers asks the tower for hidden states only when the layer index is truthy (`select_hidden_states`),
+    so a 0 there returns none and the forward fails."""
+    return select_layer - (num_layers + 1) if select_layer == 0 else select_layer
 
 
 def export_llava_hf(model, out_dir: str | Path) -> None:

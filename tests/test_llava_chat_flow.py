@@ -141,6 +141,27 @@ def test_round_trip_keeps_config_and_logits(tmp_path):
         torch.testing.assert_close(back(ids, pixels).logits, model(ids, pixels).logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("select_layer", [0, 1, -1])
+def test_transformers_runs_an_export_of_any_feature_layer(tmp_path, select_layer):
+    # the demo recipes read the embeddings (select_layer 0), which transformers' Llava took for "no hidden states"
+    from transformers import LlavaForConditionalGeneration
+    from mm.tiny import tiny_vlm_config
+
+    config = tiny_vlm_config()
+    config.vision.select_layer = select_layer
+    torch.manual_seed(0)
+    model = mm.build_vlm(config).eval()
+    mm.llava.export_llava_hf(model, tmp_path / "hf")
+    theirs = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    ids, pixels = mm_inputs(model, [{"from": "human", "value": "<image>\nHi"}], [photo()])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=ids, pixel_values=pixels).logits, model(ids, pixels).logits,
+                                   atol=1e-4, rtol=0)
+    back = mm.load_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, pixels).logits, model(ids, pixels).logits, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize(
     "remove, named",
     [

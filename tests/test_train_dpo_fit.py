@@ -119,12 +119,15 @@ def test_fsdp_is_refused_for_dpo():
 
 
 # --------------------------------------------------------------------------- the demo recipe through mm-train
-def stage2_export(directory: Path) -> Path:
-    """An export of the demo recipe's model, standing in for the demo's stage-2 export."""
+def stage2_export(directory: Path, projector: str | None = None) -> Path:
+    """An export of the demo recipe's model (with another projector kind if given), standing in for the
+    demo's stage-2 export."""
     from mm.config import VLMConfig
     from mm.train.init import build_for_stage
 
     model = yaml.safe_load(RECIPE.read_text())["model"]["model"]
+    if projector:
+        model["projector"]["kind"] = projector
     cwd = os.getcwd()
     os.chdir(REPO)  # the recipe names the tiny model's assets relative to the repository root
     try:
@@ -180,6 +183,36 @@ def test_demo_recipe_through_mm_train_exports_a_loadable_model(tmp_path):
     assert after.keys() == before.keys()
     changed = {name.split(".")[0] for name in after if not torch.equal(after[name], before[name])}
     assert changed == {"projector", "llm"}  # stage dpo: projector + LLM; the tower stays
+
+
+def test_a_dpo_export_is_evaluated_and_exported_like_any_checkpoint(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from eval.cli import main as eval_main
+    from eval.tiny_bench import write_tiny_vqa_benchmark
+    from mm.export import main as export_main
+    from test_llava_chat_flow import mm_inputs, photo
+
+    write_pref_shards(tmp_path / "data", [4])
+    init = stage2_export(tmp_path / "stage2" / "export", projector="mlp2x_gelu")  # the projector hf-llava has
+    result = mm_train(tmp_path / "run", tmp_path / "data", init, steps=2,
+                      extra=["--model.model.projector.kind", "mlp2x_gelu"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    export = tmp_path / "run" / "export"
+
+    bench = write_tiny_vqa_benchmark(tmp_path / "bench", num_images=2, questions_per_image=2)
+    assert eval_main(["run", "--checkpoint", str(export), "--task", "vqav2", "--out", str(tmp_path / "eval"),
+                      "--device", "cpu", "--max-new-tokens", "4", "--image-workers", "1", "--questions",
+                      bench["questions"], "--annotations", bench["annotations"], "--image-root", bench["image_root"]]) == 0
+    assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 4
+    assert "overall" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+    assert export_main(["hf-llava", str(export), str(tmp_path / "hf")]) == 0
+    ours, theirs = mm.load_pretrained(export).eval(), LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    ids, pixels = mm_inputs(ours, [{"from": "human", "value": "<image>\nWhat color is it?"}], [photo()])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=ids, pixel_values=pixels).logits, ours(ids, pixels).logits,
+                                   atol=1e-4, rtol=0)
 
 
 def test_two_process_dpo_killed_mid_epoch_resumes_the_same_curve(tmp_path):
