@@ -5,7 +5,8 @@
 # (F1 and yes-ratio per split) and synth_vqa of the SFT and the DPO model.
 #
 # Knobs (environment): the demo's (DEMO_SEED, ...), DPO_MAX_STEPS (cut DPO short; default: the recipe's
-# epochs), DPO_ARGS (more mm-train options for the DPO stage, e.g. "--model.policy.dpo_beta 0.5").
+# epochs), DPO_ARGS (more mm-train options for the DPO stage, e.g. "--model.policy.dpo_beta 0.5"), DPO_RUN (the
+# DPO run's folder under DIR, default dpo: one per setting compared).
 set -euo pipefail
 
 DIR="${1:-demo_out}"
@@ -15,6 +16,7 @@ cd "$HERE/../.."
 SEED="${DEMO_SEED:-0}"
 MAX_STEPS="${DPO_MAX_STEPS:--1}"
 read -r -a TRAIN_ARGS <<< "${DPO_ARGS:-}"
+RUN="${DPO_RUN:-dpo}"
 STAMP_NAME=demo-dpo
 # shellcheck source=configs/demo/common.sh
 source configs/demo/common.sh
@@ -23,10 +25,10 @@ if [ ! -d "$DIR/synth/pref" ]; then
   echo "demo-dpo: $DIR/synth has no pref/ (made by an older mm-prep synth): remove $DIR/synth and rerun" >&2
   exit 1
 fi
-train_stage "$DIR/dpo" configs/demo/dpo.yaml "[{\"urls\": \"$DIR/synth/pref\"}]" \
+train_stage "$DIR/$RUN" configs/demo/dpo.yaml "[{\"urls\": \"$DIR/synth/pref\"}]" \
   --model.policy.init_from "$DIR/stage2/export"
 
-for model in stage2 dpo; do
+for model in stage2 "$RUN"; do
   for task in synth_pope synth_vqa; do
     if [ ! -f "$DIR/eval_dpo/$model/$task/metrics.json" ]; then
       stamp "mm-eval run --task $task ($model)"
@@ -36,15 +38,14 @@ for model in stage2 dpo; do
   done
 done
 
-python - "$DIR" <<'PY'
+python - "$DIR" "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
 
-root = Path(sys.argv[1]) / "eval_dpo"
+root, models = Path(sys.argv[1]) / "eval_dpo", ("stage2", sys.argv[2])
 metrics = {model: {task: json.loads((root / model / task / "metrics.json").read_text())
-                   for task in ("synth_pope", "synth_vqa")} for model in ("stage2", "dpo")}
-models = ("stage2", "dpo")
-print(f"\n{'synth_pope / synth_vqa':<26}{'SFT (stage 2)':>15}{'DPO':>10}")
+                   for task in ("synth_pope", "synth_vqa")} for model in models}
+print(f"\n{'synth_pope / synth_vqa':<26}{'SFT (stage 2)':>15}{models[1]:>10}")
 for split in ("random", "popular", "adversarial"):
     for name, key in (("F1 %", "f1"), ("yes-ratio %", "yes_ratio"), ("accuracy %", "accuracy")):
         values = [100 * metrics[m]["synth_pope"]["splits"][split][key] for m in models]
