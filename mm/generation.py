@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 
@@ -21,6 +23,28 @@ def generate(
 ) -> torch.LongTensor:
     """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS); greedy, or
     sampling with `temperature` and `top_p` (seeded by `generator`)."""
+    steps = list(stream_tokens(
+        model, input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens, do_sample=do_sample,
+        temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
+    ))  # fmt: skip
+    return torch.stack(steps, dim=1) if steps else input_ids.new_zeros(input_ids.shape[0], 0)
+
+
+def stream_tokens(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.LongTensor]:
+    """`generate`'s steps as they are picked: one `(B,)` tensor of new tokens per step (for streaming)."""
     _check_generation_args(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p)
     tokenizer = model.tokenizer
     eos_ids = _eos_ids(eos_token_id, tokenizer)
@@ -30,6 +54,7 @@ def generate(
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     inputs_embeds = model.embed_inputs(input_ids, pixel_values)
     step_kwargs = _last_logits_only(model.llm)
+    cache_name = _cache_keyword(model.llm)
     out = model.llm(
         inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
         **step_kwargs,
@@ -37,12 +62,11 @@ def generate(
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     eos = torch.tensor(eos_ids, device=input_ids.device)
-    new_tokens = []
     for step in range(max_new_tokens):
         next_logits = out.logits[:, -1, :].float()
         next_token = _pick(next_logits, do_sample, temperature, top_p, generator)
         next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
-        new_tokens.append(next_token)
+        yield next_token
         finished |= torch.isin(next_token, eos)
         if finished.all() or step == max_new_tokens - 1:
             break
@@ -53,7 +77,7 @@ def generate(
         if use_cache:
             out = model.llm(
                 inputs_embeds=next_embeds, attention_mask=attention_mask, position_ids=next_position,
-                past_key_values=out.past_key_values, use_cache=True, **step_kwargs,
+                use_cache=True, **{cache_name: getattr(out, cache_name)}, **step_kwargs,
             )
         else:
             inputs_embeds = torch.cat([inputs_embeds, next_embeds], dim=1)
@@ -61,9 +85,6 @@ def generate(
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 **step_kwargs,
             )
-    if not new_tokens:
-        return input_ids.new_zeros(batch, 0)
-    return torch.stack(new_tokens, dim=1)
 
 
 def _last_logits_only(llm) -> dict:
@@ -71,6 +92,14 @@ def _last_logits_only(llm) -> dict:
     import inspect
 
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
+
+
+def _cache_keyword(llm) -> str:
+    """The KV cache's name in the LLM's forward and output: `cache` (transformers >= 5.2x, where the old name
+    warns on every call) or `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator) -> torch.Tensor:
