@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from eval.distributed import Ranks  # noqa: E402
-from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype  # noqa: E402
+from eval.runner import GenerationSettings, Generator, generate_predictions  # noqa: E402
+from mm.loading import resolve_dtype  # noqa: E402
 from eval.tasks import get_task  # noqa: E402
 from eval.tiny_bench import write_tiny_vqa_benchmark  # noqa: E402
 

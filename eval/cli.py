@@ -52,7 +52,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare_model(args):
-    from eval.pipeline import load_model, output_folder, pick_device
+    from eval.pipeline import output_folder, pick_device
+    from mm.loading import load_for_inference
     from eval.runner import GenerationSettings
 
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
@@ -63,7 +64,7 @@ def _prepare_model(args):
     ranks = Ranks.from_env()
     device = pick_device(args.device, ranks)
     init_process_group(ranks, device)
-    model, dtype = load_model(args.checkpoint, device, args.dtype, args.trust_remote_code)
+    model, dtype = load_for_inference(args.checkpoint, device, args.dtype, trust_remote_code=args.trust_remote_code)
     settings = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                   template=args.template or model.config.chat_template, image_workers=args.image_workers,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)

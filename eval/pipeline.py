@@ -14,7 +14,7 @@ from eval.distributed import Ranks, barrier
 from eval.predictions import id_key, read_predictions
 from eval.report import compare_markdown, metrics_markdown
 from mm.atomic import write_json_atomic, write_text_atomic
-from eval.runner import GenerationSettings, Generator, generate_predictions, resolve_dtype
+from eval.runner import GenerationSettings, Generator, generate_predictions
 from eval.scoring.evaluate import score_predictions
 from eval.tasks import get_task
 from eval.tasks.base import TaskDataError, file_options, json_object
@@ -81,14 +81,6 @@ def score_task(task_name: str, options, predictions_file: str | Path, out_dir: s
     write_json_atomic(out_dir / "metrics.json", {"task": task_name, **metrics})
     write_text_atomic(out_dir / "metrics.md", metrics_markdown(task_name, metrics))
     return metrics
-
-
-def load_model(checkpoint: str, device: str, dtype_name: str | None, trust_remote_code: bool = False):
-    import mm
-
-    dtype = resolve_dtype(dtype_name, device)
-    model = mm.load_pretrained(checkpoint, trust_remote_code=trust_remote_code, torch_dtype=dtype)
-    return model.to(device).eval(), dtype
 
 
 def pick_device(requested: str | None, ranks: Ranks) -> str:

@@ -18,7 +18,6 @@ from eval.predictions import append_predictions, id_key, parse_predictions, reco
 from eval.tasks.base import Question, TaskDataError
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -46,15 +45,6 @@ class GenerationSettings:
     def sampling(self) -> dict | None:
         """The sampling settings, or None when greedy (what run.json records and a resume must match)."""
         return None if self.temperature == 0 else {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
-
-
-def resolve_dtype(name: str | None, device: str) -> torch.dtype:
-    """bf16 on GPU and fp32 on CPU unless named."""
-    if name is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def conversation(question: Question, image_token: str, earlier_answers: Sequence[str] = ()) -> list[dict]:

@@ -68,3 +68,23 @@ def _as_dtype(dtype) -> torch.dtype:
     if not isinstance(value, torch.dtype) or not value.is_floating_point:  # int8 etc.: nn.Module.to raises TypeError
         raise ValueError(f"unknown or non-float torch_dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
     return value
+
+
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | None, device: str) -> torch.dtype:
+    """bf16 on GPU and fp32 on CPU unless named."""
+    if name is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if name not in INFERENCE_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(INFERENCE_DTYPES)}")
+    return INFERENCE_DTYPES[name]
+
+
+def load_for_inference(path: str | os.PathLike, device: str, dtype_name: str | None = None, *,
+                       trust_remote_code: bool = False) -> tuple[VisionLanguageModel, torch.dtype]:
+    """`load_pretrained` in the dtype `resolve_dtype` picks, on `device`, in eval mode (mm-eval, mm-chat)."""
+    dtype = resolve_dtype(dtype_name, device)
+    model = load_pretrained(path, trust_remote_code=trust_remote_code, torch_dtype=dtype)
+    return model.to(device).eval(), dtype

@@ -4,7 +4,7 @@ lmms-eval finds it through the ``lmms_eval.models`` entry point that mm declares
 ``mm.integrations.lmms_eval_models``); installing mm with ``pip install -e .[lmms]`` is all it takes.
 
 It is built on mm-eval's own pieces, so an lmms-eval answer is the answer ``mm-eval run`` gives to the same
-prompt: the checkpoint is loaded by ``eval.pipeline.load_model``, prompts are encoded, left-padded and decoded
+prompt: the checkpoint is loaded by ``mm.loading.load_for_inference``, prompts are encoded, left-padded and decoded
 by ``eval.runner.Generator`` (the checkpoint's chat template, one ``<image>`` line per image before the text
 when the context has no placeholders of its own, as lmms-eval's ``llava`` model does) and answers come from
 ``mm.generation.generate``. Log-likelihoods are a forward pass over the prompt followed by the continuation
@@ -43,7 +43,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.distributed import Ranks
-from eval.pipeline import load_model, pick_device
+from eval.pipeline import pick_device
+from mm.loading import load_for_inference
 from eval.runner import GenerationSettings, Generator, conversation
 from eval.tasks.base import Question
 
@@ -80,7 +81,8 @@ class MMModel(lmms):
         ranks = Ranks.from_env()
         self._rank, self._world_size = ranks.rank, ranks.world_size
         self._device = pick_device(device, ranks)
-        self._model, self.dtype = load_model(str(pretrained), self._device, dtype, trust_remote_code=trust_remote_code)
+        self._model, self.dtype = load_for_inference(str(pretrained), self._device, dtype,
+                                                       trust_remote_code=trust_remote_code)
         self.batch_size_per_gpu = int(batch_size)
         self.default_max_new_tokens = int(max_new_tokens)
         settings = GenerationSettings(batch_size=self.batch_size_per_gpu, max_new_tokens=self.default_max_new_tokens,
