@@ -45,12 +45,12 @@ from pathlib import Path
 root, models = Path(sys.argv[1]) / "eval_dpo", ("stage2", sys.argv[2])
 metrics = {model: {task: json.loads((root / model / task / "metrics.json").read_text())
                    for task in ("synth_pope", "synth_vqa")} for model in models}
-print(f"\n{'synth_pope / synth_vqa':<26}{'SFT (stage 2)':>15}{models[1]:>10}")
+print(f"\n{'synth_pope / synth_vqa':<26}{'SFT (stage 2)':>15}{models[1]:>18}")
 for split in ("random", "popular", "adversarial"):
     for name, key in (("F1 %", "f1"), ("yes-ratio %", "yes_ratio"), ("accuracy %", "accuracy")):
         values = [100 * metrics[m]["synth_pope"]["splits"][split][key] for m in models]
-        print(f"{split + ' ' + name:<26}{values[0]:>15.1f}{values[1]:>10.1f}")
+        print(f"{split + ' ' + name:<26}{values[0]:>15.1f}{values[1]:>18.1f}")
 values = [metrics[m]["synth_vqa"]["overall"] for m in models]
-print(f"{'synth_vqa overall %':<26}{values[0]:>15.1f}{values[1]:>10.1f}")
+print(f"{'synth_vqa overall %':<26}{values[0]:>15.1f}{values[1]:>18.1f}")
 PY
 stamp "done"
