@@ -50,8 +50,13 @@ def _flush(pending: list[dict]) -> Iterator[dict]:
         yield {**batch, "window_target_tokens": total, "window_samples": samples}
 
 
-class StreamLoader(DataLoader):
-    """A DataLoader over a ``ShardStreamDataset`` that Lightning can checkpoint and resume mid-epoch."""
+class StreamLoader:
+    """The batches of a ``ShardStreamDataset`` for Lightning: sized, checkpointed and resumed mid-epoch.
+
+    Not a DataLoader subclass: Lightning warns about every DataLoader over an IterableDataset that reports a
+    length (it may count duplicated worker data). This stream's length is exact by construction (every worker
+    yields its quota, see ``mm.data.dataset``), and Lightning trusts a plain sized iterable, so epochs, progress
+    totals and validation intervals keep their length without the warning."""
 
     def __init__(
         self,
@@ -62,10 +67,14 @@ class StreamLoader(DataLoader):
         position: Callable[[], tuple[int, int]],
         pin_memory: bool = False,
     ):
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        self.stream = dataset
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
         self.accumulate = accumulate
         self.position = position  # () -> (epoch, batches consumed in it) from the trainer
         self.resume_state: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.stream)
 
     def __iter__(self):
         epoch, _ = self.position()
@@ -73,8 +82,12 @@ class StreamLoader(DataLoader):
         skip = state["batches"] if state is not None and state["epoch"] == epoch else 0
         if skip % self.accumulate:
             log.warning("resuming inside an accumulation window: its first batches' tokens are not counted")
-        self.dataset.epoch, self.dataset.skip_batches = epoch, skip
-        return windowed(super().__iter__(), self.accumulate, start=skip)
+        self.stream.epoch, self.stream.skip_batches = epoch, skip
+        return windowed(self._batches(), self.accumulate, start=skip)
+
+    def _batches(self) -> Iterator[dict]:
+        # The workers start at the first batch: Lightning calls iter() once only to probe a non-DataLoader.
+        yield from self.loader
 
     def state_dict(self) -> dict:
         epoch, batches = self.position()
@@ -131,6 +144,10 @@ class ShardDataModule(L.LightningDataModule):
         self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         self.train_sources = [resolve_source(source) for source in self.train_shards]
         self.val_sources = [resolve_source(source) for source in self.val_shards]
+        if stage == "fit" and not self.val_sources:
+            # No validation split: switch validation off the documented way. An empty loader would be
+            # counted as one of length 0 and warned about ("Total length of `list` across ranks is zero").
+            self.trainer.limit_val_batches = 0
 
     def _decoder(self) -> tuple[SampleDecoder, int]:
         vlm = getattr(self.trainer.lightning_module, "vlm", None)
