@@ -5,27 +5,39 @@
     mm-train fit --print_config                         # every option with its help text
     mm-train fit --config configs/demo/dpo.yaml         # model.policy.stage dpo: preference pairs (DPOTrainingModule)
 
-The resolved config is written next to the logs/checkpoints (`config.yaml`).
+The resolved config is written next to the logs/checkpoints (`config.yaml`). Every run logs both CSV
+(`metrics.csv`, read by `mm-plot`) and TensorBoard: a lone CSVLogger or TensorBoardLogger gets the other
+beside it (`--csv_and_tensorboard false`: only the configured one). With the progress bar off, a
+`ProgressLines` callback prints a short line every 50 optimizer steps instead.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
 from mm.train.dpo_module import for_stage
 from mm.train.module import CheckpointMismatch, VLMTrainingModule
+from mm.train.progress import ProgressLines
 from mm.train.strategies import UnsupportedStrategy, check_strategy
 
 
 class MMTrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.add_argument(
+            "--csv_and_tensorboard", type=bool, default=True,
+            help="Log both CSV and TensorBoard: a lone CSVLogger or TensorBoardLogger gets the other beside it "
+                 "(same save_dir, name and version); false: only the configured logger.",
+        )
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:
@@ -40,6 +52,9 @@ class MMTrainCLI(LightningCLI):
         # The preference stages (model.policy.stage dpo, dpo_lora) train with DPOTrainingModule: same options.
         if getattr(self, "model", None) is None:  # nothing was instantiated (a parse-only subclass)
             return
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("csv_and_tensorboard", True):
+            pair_csv_and_tensorboard(self.trainer)
         model = for_stage(self.model)
         if model is not self.model:
             self.model = model
@@ -47,9 +62,32 @@ class MMTrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         run_checkpoints_in_one_folder(self.trainer)
+        add_progress_lines(self.trainer)
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = str(find_last_checkpoint(self.trainer))
+
+
+def pair_csv_and_tensorboard(trainer) -> None:
+    """A lone CSVLogger gets a TensorBoardLogger beside it, and the other way round: both write into the
+    same `<save_dir>/<name>/version_N` (the version is fixed here, before either creates its folder, so
+    they cannot count different versions). Any other logger setup stays as configured."""
+    loggers = trainer.loggers
+    if len(loggers) != 1 or type(loggers[0]) not in (CSVLogger, TensorBoardLogger):
+        return
+    logger = loggers[0]
+    shared = dict(save_dir=logger.save_dir, name=logger.name, version=logger.version)
+    if isinstance(logger, CSVLogger):
+        trainer.loggers = [logger, TensorBoardLogger(**shared, default_hp_metric=False)]
+    else:
+        trainer.loggers = [logger, CSVLogger(**shared)]
+
+
+def add_progress_lines(trainer) -> None:
+    """With no progress bar, nothing would show that training runs: print `ProgressLines` instead (unless
+    the config lists one with its own interval)."""
+    if trainer.progress_bar_callback is None and not any(isinstance(c, ProgressLines) for c in trainer.callbacks):
+        trainer.callbacks.append(ProgressLines())
 
 
 def run_checkpoints_in_one_folder(trainer) -> None:
@@ -92,7 +130,16 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
     )
 
 
+def quiet_intended_warnings() -> None:
+    """Lightning warns about any module in eval mode when fit starts; mm keeps frozen copies there on
+    purpose (the DPO reference model, which must run without dropout). Lightning offers no switch for this
+    warning, so only its exact message is filtered, and only in `mm-train`."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training\.",
+                            category=PossibleUserWarning)
+
+
 def main(args=None) -> None:
+    quiet_intended_warnings()
     try:
         make_cli(args)
     except (ShardSourceError, UnsupportedStrategy, ExportTargetError, CheckpointMismatch) as error:
