@@ -93,10 +93,26 @@ def cmd_score(args) -> None:
 def cmd_compare(args) -> None:
     from eval.pipeline import compare_runs, write_output_file
 
+    chart = Path(args.out).with_suffix(".png") if args.out else None
+    if chart == Path(args.out or ""):
+        raise TaskDataError(f"--out {args.out}: name the table (e.g. .md); the chart goes beside it as .png")
     table = compare_runs(args.run_dirs)
     if args.out:
         write_output_file(args.out, table)
+        write_compare_chart(args.run_dirs, chart)
     print(table, end="")
+
+
+def write_compare_chart(run_dirs: list[str], chart: Path) -> None:
+    """The bar chart of every run's overall and per-category scores, per task."""
+    from eval.chart import compare_chart
+    from eval.pipeline import find_metrics
+    from mm.plot import PlotError, save_png
+
+    try:
+        save_png(compare_chart([(str(d), find_metrics(Path(d))) for d in run_dirs]), chart)
+    except PlotError as error:
+        raise TaskDataError(str(error)) from None
 
 
 def cmd_suite(args) -> None:
@@ -149,7 +165,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         sub.set_defaults(func=cmd_run if command == "run" else cmd_score)
     compare = commands.add_parser("compare", help="one Markdown table across run folders")
     compare.add_argument("run_dirs", nargs="+")
-    compare.add_argument("--out", default=None, help="also write the table to this file")
+    compare.add_argument("--out", default=None,
+                         help="also write the table to this file, and beside it (same name, .png) a bar chart "
+                              "of each task's overall and per-category scores, a bar per run; without --out, "
+                              "only the table is printed")
     compare.set_defaults(func=cmd_compare)
     suite = commands.add_parser("suite", help="run the tasks listed in a suite YAML")
     suite.add_argument("--config", required=True, help="suite YAML (see eval/suites/)")
