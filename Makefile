@@ -11,7 +11,7 @@ GPU_CHECK_OUT ?= gpu_check_out
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,lmms]"
+	$(PY) -m pip install -e ".[dev,lmms,chat]"
 	touch $(STAMP)
 
 install: $(STAMP)
