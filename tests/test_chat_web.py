@@ -3,8 +3,8 @@ Chromium uploads an image and sends a message, and the answer the page shows is 
 for the same conversation, to the character. Needs chromium and chromedriver (Debian's `chromium`,
 `chromium-driver`; .ci/run installs them); without them the browser tests skip, saying so.
 
-MM_CHAT_SCREENSHOT=PATH saves the two-model page as PNG (docs/make_screenshot.py makes the README's from
-trained demo checkpoints instead).
+MM_CHAT_SCREENSHOT=PATH saves the two-model page as PNG; docs/make_screenshot.py makes the README's from
+trained demo checkpoints with the same page driving.
 """
 
 import html
@@ -82,9 +82,9 @@ def image(tmp_path_factory):
 
 
 @contextmanager
-def serving(models):
+def serving(models, sampling: Sampling = PAGE_DEFAULTS):
     port = free_port()
-    app = web.launch(models, PAGE_DEFAULTS, port=port, block=False)  # the default host
+    app = web.launch(models, sampling, port=port, block=False)  # the default host
     try:
         yield app, f"http://127.0.0.1:{port}/"
     finally:
@@ -246,11 +246,12 @@ def send(driver, text: str, panels: int, image=None) -> list[str]:
     return wait_for(settled, "the answers to stop changing")
 
 
-def open_page(driver, url: str) -> None:
+def open_page(driver, url: str, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+    """Load the page and set greedy answers of at most `max_new_tokens`, with the page's own controls."""
     driver.get(url)
     wait_for(lambda: css(driver, "#mm-chat-input textarea"), "the page")
     set_number(driver, "mm-temperature", 0)
-    set_number(driver, "mm-max-new-tokens", MAX_NEW_TOKENS)
+    set_number(driver, "mm-max-new-tokens", max_new_tokens)
 
 
 @needs_browser
@@ -276,3 +277,9 @@ def test_browser_compares_two_models_side_by_side(models, image):
         assert send(driver, QUESTION, 2, image=image) == expected
         if os.environ.get("MM_CHAT_SCREENSHOT"):
             driver.save_screenshot(os.environ["MM_CHAT_SCREENSHOT"])
+
+
+def test_the_readme_shows_the_screenshot():
+    root = Path(__file__).resolve().parents[1]
+    assert "](docs/chat_web.png)" in (root / "README.md").read_text()
+    assert (root / "docs" / "chat_web.png").read_bytes().startswith(b"\x89PNG")

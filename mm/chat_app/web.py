@@ -51,7 +51,7 @@ def build_app(models: list[tuple[str, object]], sampling: Sampling):
                     + (", to both models." if len(models) == 2 else "."))
         visitor = gr.State(None)  # made on the tab's first message: gr.State would deep-copy a default
         with gr.Row(equal_height=True):
-            chatbots = [gr.Chatbot(label=name, elem_id=f"mm-chat-{i}", elem_classes=["mm-chat"], height=440,
+            chatbots = [gr.Chatbot(label=name, elem_id=f"mm-chat-{i}", elem_classes=["mm-chat"], height=520,
                                    render_markdown=False, latex_delimiters=[], buttons=["copy"],
                                    feedback_options=None) for i, (name, _) in enumerate(models)]
         box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", show_label=False,
