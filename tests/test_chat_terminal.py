@@ -170,3 +170,15 @@ def test_on_a_terminal_the_answer_streams_after_the_models_name(checkpoint, monk
     out, err = capsys.readouterr()
     assert out == f"you> tiny> {''.join(pieces)}\nyou> " and "/help lists the commands" in err
     assert session.turns[-1]["value"] == "".join(pieces).strip()
+
+
+def test_web_on_a_busy_port_is_one_line(checkpoint, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert chat_main([str(checkpoint / "ckpt"), "--web", "--port", str(port), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mm-chat: ") and err.count("\n") == 1 and str(port) in err

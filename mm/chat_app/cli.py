@@ -38,15 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         sampling.check()
         if args.compare and not args.web:
             raise ChatError("--compare needs --web (the terminal chat talks to one model)")
+        if args.web:
+            from mm.chat_app.web import require_gradio
+
+            require_gradio()  # before minutes of loading
         models = [(path, _load(path, args)) for path in [args.checkpoint, args.compare] if path]
-    except (ChatError, OSError, ValueError) as error:
+        if args.web:
+            from mm.chat_app.web import launch
+
+            launch(models, sampling, host=args.host, port=args.port, share=args.share)
+            return 0
+    except (ChatError, OSError, ValueError) as error:  # OSError: a port in use, too
         print(f"mm-chat: {error}", file=sys.stderr)
         return 2
-    if args.web:
-        from mm.chat_app.web import launch
-
-        launch(models, sampling, host=args.host, port=args.port, share=args.share)
-        return 0
     from mm.chat_app.session import ChatSession
     from mm.chat_app.terminal import run_terminal
 

@@ -78,6 +78,12 @@ class ChatSession:
         self.image_names.append(name)
         self.pending += 1
 
+    def detach_pending(self) -> None:
+        """Take back the images attached since the last message."""
+        if self.pending:
+            del self.images[-self.pending:], self.image_names[-self.pending:]
+            self.pending = 0
+
     def send(self, text: str) -> Iterator[str]:
         """Ask `text` (after the images attached since the last message); yields the answer's text as it
         grows, piece by piece. The whole answer (`self.turns[-1]["value"]`) is the pieces joined, stripped."""

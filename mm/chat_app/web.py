@@ -174,10 +174,7 @@ def _stream_all(visitor: Visitor, text: str, shown_before: list[int]):
 def _forget_failed_turn(visitor: Visitor, i: int, shown_before: int) -> None:
     """After a failed answer the session is as before the message except that its images are attached
     again, for the next message; the box gets the message back, so detach them and unshow the turn."""
-    session = visitor.sessions[i]
-    if session.pending:
-        del session.images[-session.pending:], session.image_names[-session.pending:]
-        session.pending = 0
+    visitor.sessions[i].detach_pending()
     del visitor.shown[i][shown_before:]
 
 
