@@ -51,6 +51,8 @@ class ProgressLines(L.Callback):
         self._flush(trainer)
 
     def on_train_end(self, trainer, module) -> None:
+        if self._due is None and trainer.global_step != self._printed:  # an end the total did not foresee
+            self._due = trainer.global_step
         self._flush(trainer)
 
     def _flush(self, trainer) -> None:
