@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ def test_shortened_demo_twice_gives_identical_losses_weights_and_scores(tmp_path
         output, _ = demo.communicate(timeout=840)
         assert demo.returncode == 0, output[-4000:]
     assert "synth_vqa (held-out scenes)" in output and "[demo" in output
+    assert re.search(r"^step 4/4  loss ", output, re.MULTILINE)  # the progress line without a progress bar
+    for picture in ("training_curves.png", "eval_scores.png"):  # drawn at the end, their paths printed
+        assert (runs[1] / picture).stat().st_size > 0 and str(runs[1] / picture) in output
     a, b = runs
     for stage in ("stage1", "stage2"):
         assert len(losses(a, stage)) == 4

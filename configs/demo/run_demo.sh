@@ -76,4 +76,10 @@ print("\nifeval_mm (held-out scenes under IFEval instructions; PIF over the two-
 print("  ".join(f"{name} {ifeval[name]:.1f}" for name in
                 ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose", "pif")))
 PY
+
+# Pictures of the run: both stages' training curves, and the scores per task and category
+mm-plot "$DIR/stage1" "$DIR/stage2" --out "$DIR/training_curves.png" > /dev/null
+mm-eval compare "$DIR/eval" --out "$DIR/eval_scores.md" > /dev/null
+stamp "training curves (loss, learning rate, tokens/s): $DIR/training_curves.png"
+stamp "evaluation scores per category: $DIR/eval_scores.png (table: $DIR/eval_scores.md)"
 stamp "done"
