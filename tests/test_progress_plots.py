@@ -119,17 +119,41 @@ def test_every_recipe_logs_csv_and_tensorboard(path, tmp_path):
     assert len({logger.log_dir for logger in trainer.loggers}) == 1
 
 
-def test_mm_train_filters_only_the_eval_mode_warning():
-    from lightning.pytorch.utilities.warnings import PossibleUserWarning
-    from mm.train.cli import quiet_intended_warnings
+def test_trained_parts_train_in_train_mode_and_only_the_dpo_reference_stays_in_eval(tmp_path, monkeypatch):
+    import lightning as L
 
+    import mm.train.module
+    from mm.train.dpo_module import DPOTrainingModule
+    from mm.train.init import build_for_stage
+    from mm.train.module import VLMTrainingModule
+    from mm.train.policy import TrainingPolicy
+    from test_train_dpo_fit import write_pref_shards
+    from mm.tiny import tiny_vlm_config
+
+    def as_from_pretrained(*args, **kwargs):  # from_pretrained hands models over in eval mode
+        return build_for_stage(*args, **kwargs).eval()
+
+    monkeypatch.setattr(mm.train.module, "build_for_stage", as_from_pretrained)
+    modes = {}
+
+    class Modes(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            modes["eval"] = [name for name, part in module.vlm.named_modules() if not part.training]
+            reference = getattr(module, "reference", None)
+            modes["reference_training"] = None if reference is None else any(p.training for p in reference.modules())
+
+    write_shards(tmp_path / "sft", [4])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        quiet_intended_warnings()
-        warnings.warn("Found 12 module(s) in eval mode at the start of training. This may lead to unexpected "
-                      "behavior during training.", PossibleUserWarning)
-        warnings.warn("The number of training batches (4) is smaller than the logging interval", PossibleUserWarning)
-    assert [str(w.message)[:14] for w in caught] == ["The number of "]
+        sft = VLMTrainingModule(tiny_vlm_config(), TrainingPolicy(stage="lora", lr=1e-3, lora_r=2, lora_dropout=0.1))
+        cpu_trainer(tmp_path / "a", max_steps=1, callbacks=[Modes()]).fit(sft, datamodule=tiny_data(tmp_path / "sft"))
+    assert modes["eval"] == []  # LoRA's dropout among them
+    assert not any("in eval mode" in str(w.message) for w in caught)
+
+    write_pref_shards(tmp_path / "pref", [4])
+    dpo = DPOTrainingModule(tiny_vlm_config(), TrainingPolicy(stage="dpo", lr=1e-3))
+    cpu_trainer(tmp_path / "b", max_steps=1, callbacks=[Modes()]).fit(dpo, datamodule=tiny_data(tmp_path / "pref"))
+    assert modes["eval"] == [] and modes["reference_training"] is False
 
 
 # ----------------------------------------------------------------- mm-plot

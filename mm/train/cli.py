@@ -14,12 +14,10 @@ beside it (`--csv_and_tensorboard false`: only the configured one). With the pro
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
@@ -130,16 +128,7 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
     )
 
 
-def quiet_intended_warnings() -> None:
-    """Lightning warns about any module in eval mode when fit starts; mm keeps frozen copies there on
-    purpose (the DPO reference model, which must run without dropout). Lightning offers no switch for this
-    warning, so only its exact message is filtered, and only in `mm-train`."""
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training\.",
-                            category=PossibleUserWarning)
-
-
 def main(args=None) -> None:
-    quiet_intended_warnings()
     try:
         make_cli(args)
     except (ShardSourceError, UnsupportedStrategy, ExportTargetError, CheckpointMismatch) as error:

@@ -24,9 +24,11 @@ import dataclasses
 from collections import Counter
 import inspect
 import logging
+import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from mm.config import VLMConfig
@@ -77,6 +79,10 @@ class DPOTrainingModule(VLMTrainingModule):
             disable_dropout(self.vlm)
         if self.policy.dpo_reference == "model":
             self.reference = build_reference(self.model_config, self.policy, trust_remote_code=self.trust_remote_code)
+            # the frozen reference stays in eval mode on purpose; Lightning, which has no switch for its warning
+            # about modules in eval mode, would otherwise warn on every fit
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training\.",
+                                    category=PossibleUserWarning)
 
     def on_fit_start(self) -> None:
         if self.policy.dpo_reference == "precomputed":

@@ -76,6 +76,9 @@ class VLMTrainingModule(L.LightningModule):
         if self.vlm is not None:
             return
         self.vlm = build_for_stage(self.model_config, self.policy, trust_remote_code=self.trust_remote_code)
+        # from_pretrained leaves models in eval mode and Lightning keeps the modes it finds: LoRA's dropout
+        # (and any other) would silently be off for the whole run
+        self.vlm.train()
         self._no_decay = no_decay_names(self.vlm)  # now: a sharding strategy wraps the model after this hook
         settings = self.vlm.image_transform_config
         self.image_transform = ImageTransform(settings.image_size, settings.mean, settings.std, settings.mode)
