@@ -97,6 +97,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     import dataclasses
 
     from mm.atomic import write_json_atomic
+    from data_prep.synth.detail import DetailConfig
     from data_prep.synth.eval_splits import write_eval
     from data_prep.synth.generate import SynthConfig, write_train
     from data_prep.synth.world import WorldConfig
@@ -105,9 +106,12 @@ def cmd_synth(args: argparse.Namespace) -> None:
         image_size=args.image_size, grid=args.grid, shapes=tuple(args.shapes.split(",")),
         colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
     )  # fmt: skip
+    if not args.detail and (args.num_detail_train is not None or args.num_detail_eval is not None):
+        raise ValueError("--num-detail-train and --num-detail-eval need --detail")
+    detail = DetailConfig(num_train=args.num_detail_train, num_eval=args.num_detail_eval) if args.detail else None
     config = SynthConfig(num_train=args.num_train, num_eval=args.num_eval, seed=args.seed, world=world,
                          min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval, noise=args.noise,
-                         pref=not args.no_pref)  # fmt: skip
+                         pref=not args.no_pref, detail=detail)  # fmt: skip
     for split, result in write_train(config, _convert_options(args)).items():
         _report(result, split)
     counts = write_eval(config, args.out)
@@ -177,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_options(pref)
     pref.set_defaults(run=cmd_pref)
 
-    synth = commands.add_parser("synth", help="generated scene-graph data: align/, instruct/, ifeval/ and pref/ shards, eval/ splits")
+    synth = commands.add_parser("synth", help="generated scene-graph data: align/, instruct/, ifeval/, pref/ (and detail/) shards, eval/ splits")
     synth.add_argument("--num-train", type=int, default=2000, help="training scenes")
     synth.add_argument("--num-eval", type=int, default=300, help="held-out evaluation scenes")
     synth.add_argument("--image-size", type=int, default=64)
@@ -194,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the ifeval/ shards (questions under IFEval instructions) and eval/ifeval/")
     synth.add_argument("--no-pref", action="store_true",
                        help="skip the pref/ shards (hallucination preference pairs for DPO)")
+    synth.add_argument("--detail", action="store_true",
+                       help="also write the small-detail split: detail/ shards and eval/detail/ (task synth_detail), "
+                            "192-384 px images of several aspect ratios with objects below a pixel at a 64-px view")
+    synth.add_argument("--num-detail-train", type=int, default=None, help="detail training scenes (default: --num-train)")
+    synth.add_argument("--num-detail-eval", type=int, default=None, help="detail evaluation scenes (default: --num-eval)")
     _add_shard_options(synth, samples_per_shard=500)
     synth.set_defaults(run=cmd_synth)
 

@@ -163,6 +163,10 @@ def write_eval(config: SynthConfig, out_dir: str | Path) -> dict[str, int]:
         records = ifeval_split(config, scenes)
         write_jsonl_atomic(root / "ifeval" / "questions.jsonl", records)
         counts["ifeval"] = len(records)
+    if config.detail is not None:
+        from data_prep.synth.detail_splits import write_detail_eval
+
+        counts.update(write_detail_eval(config, out_dir))
     return counts
 
 

@@ -16,6 +16,7 @@ from data_prep.convert import ConvertOptions, ConvertResult, convert
 from data_prep.records import (
     IMAGE_TOKEN, MULTIPLE_CHOICE_SUFFIX, SHORT_ANSWER_SUFFIX, ImageRef, Sample, check_conversation,
 )  # fmt: skip
+from data_prep.synth.detail import DetailConfig
 from data_prep.synth.programs import LETTERS, PROGRAMS, QA, ask, description
 from data_prep.synth.world import Scene, WorldConfig, render_png, sample_scene
 
@@ -56,6 +57,9 @@ class SynthConfig:
     pref: bool = True
     """Also write `pref/` preference shards: per scene a description or question with a faithful `chosen`
     and a `rejected` reply with one hallucinated object, attribute, count or relation (synth/preference.py)."""
+    detail: DetailConfig | None = None
+    """Also write the small-detail split (`detail/` shards, `eval/detail/` for `synth_detail`): large images
+    with tiny objects (synth/detail.py); None = no such split, the others unchanged either way."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise < 1:
@@ -174,4 +178,8 @@ def write_train(config: SynthConfig, options: ConvertOptions) -> dict[str, Conve
         split_options = dataclasses.replace(options, out_dir=str(Path(options.out_dir) / split))
         results[split] = convert(samples, [], split_options, num_input_records=len(samples), source=SOURCE,
                                  input_info={"generator": "synth", "split": split, "seed": config.seed})  # fmt: skip
+    if config.detail is not None:
+        from data_prep.synth.detail_splits import write_detail_train  # imports this module
+
+        results["detail"] = write_detail_train(config, options)
     return results
