@@ -46,11 +46,11 @@ def test_bad_suite_entries(tmp_path):
     (b"tasks:\n  - task: caf\xe9\n", "{path}:2 (--config): not UTF-8 text (byte 0xe9 at offset 20)"),
     (b"- task: vqav2\n", "{path}: expected a mapping with a non-empty 'tasks:' list"),
     (b"tasks:\n  - task: vqa2\n", "{path}: tasks entry 1: unknown task 'vqa2'; valid tasks: gqa, ifeval_mm, llava_bench, "
-                                   "mmbench, mme, mmvet, okvqa, pope, scienceqa_img, seed, synth_mc, synth_pope, synth_vqa, textvqa, "
-                                   "vizwiz, vqav2"),
+                                   "mmbench, mme, mmvet, okvqa, pope, scienceqa_img, seed, synth_detail, synth_mc, synth_pope, "
+                                   "synth_vqa, textvqa, vizwiz, vqav2"),
     (b"tasks:\n  - task: [pope]\n", "{path}: tasks entry 1: unknown task ['pope']; valid tasks: gqa, ifeval_mm, "
-                                    "llava_bench, mmbench, mme, mmvet, okvqa, pope, scienceqa_img, seed, synth_mc, synth_pope, "
-                                    "synth_vqa, textvqa, vizwiz, vqav2"),
+                                    "llava_bench, mmbench, mme, mmvet, okvqa, pope, scienceqa_img, seed, synth_detail, "
+                                    "synth_mc, synth_pope, synth_vqa, textvqa, vizwiz, vqav2"),
     (b"tasks:\n  - task: pope\n    image_root: /x\n", "{path} entry 'pope': missing options ['annotation_dir']"),
     (b"tasks:\n  - task: seed\n    questions: 5\n    image_pattern: {data_id}\n",
      "{path} entry 'seed': options must be strings (quote them in YAML), got {{'questions': 5, 'image_pattern': {{'data_id': None}}}}"),

@@ -25,7 +25,7 @@ def _options(name, **kwargs):
 
 def test_registry_is_exact_and_lists_valid_names():
     assert {"vqav2", "okvqa", "vizwiz", "textvqa", "gqa", "pope", "mme", "scienceqa_img", "mmbench", "seed",
-            "synth_vqa", "synth_pope", "synth_mc", "ifeval_mm", "llava_bench", "mmvet"} == set(TASKS)
+            "synth_vqa", "synth_detail", "synth_pope", "synth_mc", "ifeval_mm", "llava_bench", "mmvet"} == set(TASKS)
     with pytest.raises(KeyError, match="valid tasks: .*gqa.*vqav2"):
         get_task("VQAv2")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eval.tasks import choice, gqa, ifeval_mm, mme, mmbench, pope, vqa
-from eval.tasks import llava_bench, mmvet
+from eval.tasks import llava_bench, mmvet, synth_detail
 from eval.tasks.base import Question, Task, TaskDataError
 
 TASKS: dict[str, Task] = {
@@ -23,6 +23,8 @@ TASKS: dict[str, Task] = {
         Task("seed", "SEED-Bench image questions", choice.SEEDOptions, choice.read_seed, choice.score_seed),
         Task("synth_vqa", "mm-prep synth VQA split, accuracy next to chance", vqa.SynthVQAOptions, vqa.read_synth_vqa,
              vqa.score_synth_vqa),
+        Task("synth_detail", "mm-prep synth --detail: tiny objects in large images, accuracy next to chance",
+             synth_detail.SynthDetailOptions, synth_detail.read_synth_detail, synth_detail.score_synth_detail),
         Task("synth_pope", "mm-prep synth POPE splits", pope.SynthPOPEOptions, pope.read_synth_pope, pope.score_pope),
         Task("ifeval_mm", "IFEval instructions on image prompts, single- and multi-turn (MMMT-IF PIF)",
              ifeval_mm.IFEvalMMOptions, ifeval_mm.read_ifeval_mm, ifeval_mm.score_ifeval_mm),

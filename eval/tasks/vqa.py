@@ -157,7 +157,12 @@ def read_synth_vqa(options: SynthVQAOptions) -> list[Question]:
 def score_synth_vqa(options: SynthVQAOptions, questions, answers) -> dict:
     """VQA accuracy, with each question program's accuracy next to its chance accuracy."""
     metrics = vqa_metrics(_with_predictions(questions, answers))
-    chance_file = Path(options.data) / "eval" / "vqa" / "chance.json"
+    return with_chance(metrics, Path(options.data) / "eval" / "vqa" / "chance.json")
+
+
+def with_chance(metrics: dict, chance_file: Path) -> dict:
+    """VQA `metrics` with each question type's accuracy next to its chance accuracy (`vs_chance`, percent),
+    from a `mm-prep synth` chance file ({question_type: fraction, "overall": fraction})."""
     chance = load_json(chance_file, "data")
     metrics["vs_chance"] = {
         qtype: {"accuracy": acc, "chance": round(100.0 * chance[qtype], 2) if qtype in chance else None}
