@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 GPU_CHECK_OUT ?= gpu_check_out
 
-.PHONY: install test test-all demo demo-select demo-dpo bench-quick gpu-check clean
+.PHONY: install test test-all demo demo-select demo-dpo demo-anyres bench-quick gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo-select: $(STAMP)
 demo-dpo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash configs/demo/run_dpo.sh $(DEMO_DIR)
 
+# High resolution on the demo (issue 14): single 64-px view vs LLaVA-NeXT anyres on tiny objects in large images.
+ANYRES_DIR ?= anyres_out
+demo-anyres: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash configs/demo/run_anyres.sh $(ANYRES_DIR)
+
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
 
@@ -42,4 +47,4 @@ gpu-check:
 	bash bench/gpu_check.sh $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) $(SELECT_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(SELECT_DIR) $(ANYRES_DIR) .pytest_cache
