@@ -108,9 +108,10 @@ def encode_mix(
         except SampleTooLong:
             counts["skipped/too_long"] += 1
             continue
-        images = [torch.randint(0, 256, (3, image_size, image_size), dtype=torch.uint8, generator=generator)
-                  for _ in range(encoded.num_images)]
-        samples.append(Sample(encoded.input_ids, encoded.labels, images, key=kind.name))
+        images = [torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
+                  for _ in range(encoded.num_images)]  # one view per image
+        sizes = [(image_size, image_size)] * len(images)
+        samples.append(Sample(encoded.input_ids, encoded.labels, images, key=kind.name, image_sizes=sizes))
         counts[kind.name] += 1
     return samples, counts
 

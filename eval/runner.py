@@ -6,9 +6,9 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -69,43 +69,66 @@ def check_images(questions: Sequence[Question]) -> None:
                                     "check --image-root / --image-pattern or the data folder)")
 
 
+def placeholders(turns: Sequence[dict], image_token: str) -> int:
+    return sum(turn["value"].count(image_token) for turn in turns)
+
+
+class ImageInputs(NamedTuple):
+    """A batch's images as the model takes them."""
+
+    views: torch.Tensor
+    """uint8 (all views, 3, S, S): one per image, or anyres' base view and tiles, in placeholder order."""
+    sizes: list[tuple[int, int]]
+    """Each image's (height, width) as decoded."""
+
+
 class Generator:
     """Turns batches of questions into answer texts with one model."""
 
     def __init__(self, model, settings: GenerationSettings, dtype: torch.dtype):
         from mm.chat import stop_token_ids
-        from mm.transforms import ImageTransform
 
         self.model, self.settings, self.dtype = model, settings, dtype
         self.tokenizer = model.tokenizer
-        self.transform = ImageTransform(**asdict(model.image_transform_config))
+        self.transform = model.image_transform_config
         self.stop_ids = stop_token_ids(self.tokenizer, settings.template)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
 
-    def load_images(self, batch: Sequence[Question]) -> torch.Tensor | None:
-        """uint8 (num_images, 3, S, S) in placeholder order, or None for a text-only batch."""
-        pixels = []
+    def load_images(self, batch: Sequence[Question]) -> ImageInputs | None:
+        """Every image's views (uint8, placeholder order) and sizes, or None for a text-only batch."""
+        pictures = []
         for question in batch:
             for image in question.images:
                 try:
-                    pixels.append(self.transform(self.transform.open(image)))
+                    pictures.append(self.transform.open(image))
+                    pictures[-1].load()  # decode errors here, where the file is named
                 except (OSError, ValueError, Image.DecompressionBombError) as error:
                     name = image if isinstance(image, Path) else f"embedded image of question {question.question_id}"
                     raise TaskDataError(f"cannot decode {name}: {error}") from None
-        return torch.stack(pixels) if pixels else None
+        return self.prepare(pictures)
 
-    def encode(self, batch: Sequence[Question], earlier_answers: Mapping[str, str] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, pictures: Sequence[Image.Image]) -> ImageInputs | None:
+        """Decoded images -> their views and sizes (None without images)."""
+        if not pictures:
+            return None
+        return ImageInputs(torch.cat([self.transform.views(picture) for picture in pictures]),
+                           [(picture.height, picture.width) for picture in pictures])
+
+    def encode(self, batch: Sequence[Question], earlier_answers: Mapping[str, str] | None = None,
+               image_sizes: Sequence[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input ids and attention mask; `earlier_answers` (by question id) fills the
-        model's turns of multi-turn questions."""
+        model's turns of multi-turn questions; `image_sizes` (the batch's images, in order) set each
+        image's placeholder count where it depends on its size (anyres)."""
         from mm.chat import encode_prompt
 
         image_token = self.model.config.image_token
         earlier_answers = earlier_answers or {}
-        rows = [encode_prompt(conversation(q, image_token, [earlier_answers[id_key(i)] for i, _ in q.history]),
-                              self.tokenizer, self.settings.template, tokens_per_image=self.model.tokens_per_image,
-                              image_token=image_token) for q in batch]
+        conversations = [conversation(q, image_token, [earlier_answers[id_key(i)] for i, _ in q.history]) for q in batch]
+        counts = iter(self.model.image_tokens.counts(image_sizes))  # the batch's images in placeholder order
+        rows = [encode_prompt(turns, self.tokenizer, self.settings.template, image_token=image_token,
+                              tokens_per_image=[next(counts) for _ in range(placeholders(turns, image_token))])
+                for turns in conversations]
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -133,13 +156,14 @@ class Generator:
         return texts
 
     @torch.inference_mode()
-    def answer(self, batch: Sequence[Question], pixels: torch.Tensor | None,
+    def answer(self, batch: Sequence[Question], images: ImageInputs | None,
                earlier_answers: Mapping[str, str] | None = None) -> list[str]:
         device = self.model.device
-        ids, mask = self.encode(batch, earlier_answers)
-        pixel_values = None if pixels is None else self.transform.normalize(pixels.to(device), self.dtype)
+        ids, mask = self.encode(batch, earlier_answers, images.sizes if images else ())
+        pixel_values = None if images is None else self.transform.normalize(images.views.to(device), self.dtype)
         tokens = self.model.generate(ids.to(device), mask.to(device), pixel_values,
                                      max_new_tokens=self.settings.max_new_tokens, eos_token_id=self.stop_ids,
+                                     image_sizes=images.sizes if images else None,
                                      **self.sampling_arguments(batch, device))
         return self.decode(tokens.cpu())
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
+from torch import nn
+
 from mm.config import VLMConfig
 from mm.llm import add_image_token, build_llm, load_tokenizer, tokenizer_source
 from mm.model import VisionLanguageModel
@@ -25,7 +30,11 @@ def build_vlm(
     if tokenizer is None:
         tokenizer = load_tokenizer(tokenizer_source(config.llm), trust_remote_code=trust_remote_code)
     add_image_token(tokenizer, llm, config.image_token)
-    projector = build_projector(config.projector, vision_tower.hidden_size, llm.config.get_text_config().hidden_size)
+    llm_hidden = llm.config.get_text_config().hidden_size
+    projector = build_projector(config.projector, vision_tower.hidden_size, llm_hidden)
+    if config.image_transform == "anyres":
+        # LLaVA-NeXT's learned row-end embedding; on the projector, so it trains, freezes and is saved with it
+        projector.image_newline = nn.Parameter(torch.randn(llm_hidden) / math.sqrt(llm_hidden))
     model = VisionLanguageModel(config, vision_tower, projector, llm, tokenizer)
     model.set_trainable(vision=False, projector=True, llm=True)
     return model

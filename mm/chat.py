@@ -271,13 +271,21 @@ def _tokenize(pieces: list[Piece], tokenizer, add_special_tokens: bool) -> tuple
     return list(encoding["input_ids"]), trained_tokens
 
 
-def _expand_images(ids: list[int], trained: list[bool], image_id: int, tokens_per_image: int):
+def _expand_images(ids: list[int], trained: list[bool], image_id: int, tokens_per_image: int | Sequence[int]):
+    """Each image token repeated as many times as its image has placeholders: `tokens_per_image` for every
+    image, or one count per image in order (`mm.image_tokens.ImageTokens.counts`)."""
+    num_images = ids.count(image_id)
+    counts = [tokens_per_image] * num_images if isinstance(tokens_per_image, int) else list(tokens_per_image)
+    if len(counts) != num_images:
+        raise ConversationError(IMAGE_COUNT_MISMATCH, f"{num_images} image placeholder(s) but {len(counts)} image(s)")
+    counts.reverse()
     input_ids: list[int] = []
     labels: list[int] = []
     for token, is_trained in zip(ids, trained):
         if token == image_id:
-            input_ids += [image_id] * tokens_per_image
-            labels += [IGNORE_INDEX] * tokens_per_image
+            count = counts.pop()
+            input_ids += [image_id] * count
+            labels += [IGNORE_INDEX] * count
         else:
             input_ids.append(token)
             labels.append(token if is_trained else IGNORE_INDEX)
@@ -293,14 +301,15 @@ def encode_conversation(
     tokenizer,
     template: str | ChatTemplate,
     *,
-    tokens_per_image: int,
+    tokens_per_image: int | Sequence[int],
     image_token: str = IMAGE_TOKEN,
     max_length: int | None = None,
     num_images: int | None = None,
 ) -> EncodedConversation:
     """Token ids and labels (``-100`` outside assistant turns) of a whole conversation.
 
-    With ``num_images`` the placeholders must match it (``image_count_mismatch`` otherwise).
+    ``tokens_per_image``: every image's placeholder count, or one per image in order (anyres). With
+    ``num_images`` the placeholders must match it (``image_count_mismatch`` otherwise).
     """
     chat = _template(template, image_token)
     turns = to_turns(conversation, num_images, image_token=image_token)
@@ -328,10 +337,11 @@ def encode_prompt(
     tokenizer,
     template: str | ChatTemplate,
     *,
-    tokens_per_image: int,
+    tokens_per_image: int | Sequence[int],
     image_token: str = IMAGE_TOKEN,
 ) -> list[int]:
-    """Token ids of a conversation ending in a human turn, followed by the assistant's opening."""
+    """Token ids of a conversation ending in a human turn, followed by the assistant's opening
+    (``tokens_per_image`` as in ``encode_conversation``)."""
     chat = _template(template, image_token)
     turns = to_turns(conversation, image_token=image_token, prompt=True)
     image_id = _image_token_id(tokenizer, image_token)
@@ -346,7 +356,7 @@ def encode_prompt_and_continuation(
     tokenizer,
     template: str | ChatTemplate,
     *,
-    tokens_per_image: int,
+    tokens_per_image: int | Sequence[int],
     image_token: str = IMAGE_TOKEN,
 ) -> tuple[list[int], int]:
     """Token ids of a prompt (as ``encode_prompt``) followed by ``continuation`` as the assistant's text, and

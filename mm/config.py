@@ -75,13 +75,26 @@ class VLMConfig:
     chat_template: str = "vicuna_v1"
     """Conversation template the model is trained with (see `mm.chat`)."""
     image_transform: str = "pad"
-    """How images are brought to the tower's square size: `pad`, `resize` or `crop`."""
+    """How images become tower input: `pad`, `resize`, `crop` (one square view), or `anyres` (LLaVA-NeXT's tiles)."""
+    image_grid_pinpoints: list[list[int]] | None = None
+    """anyres: the [height, width] resolutions an image may be tiled at (multiples of the tower's image size)."""
+    anyres_max_tiles: int | None = None
+    """anyres: LLaVA-OneVision's anyres_max_N: tile features beyond N tiles' worth are pooled down; None: never."""
 
     def __post_init__(self) -> None:
         if self.image_transform not in IMAGE_TRANSFORM_MODES:
             raise ValueError(
                 f"image_transform={self.image_transform!r} is not one of {list(IMAGE_TRANSFORM_MODES)}"
             )
+        if (self.image_transform == "anyres") != bool(self.image_grid_pinpoints):
+            raise ValueError("image_grid_pinpoints go with image_transform 'anyres', and anyres needs them "
+                             f"(image_transform={self.image_transform!r}, image_grid_pinpoints={self.image_grid_pinpoints})")
+        if self.image_grid_pinpoints is not None:
+            self.image_grid_pinpoints = [[int(v) for v in pair] for pair in self.image_grid_pinpoints]
+            if any(len(pair) != 2 or min(pair) < 1 for pair in self.image_grid_pinpoints):
+                raise ValueError(f"image_grid_pinpoints must be [height, width] pairs; got {self.image_grid_pinpoints}")
+        if self.anyres_max_tiles is not None and (self.image_transform != "anyres" or self.anyres_max_tiles < 1):
+            raise ValueError(f"anyres_max_tiles={self.anyres_max_tiles} needs image_transform 'anyres' and must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,12 +20,15 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    image_sizes=None,
 ) -> torch.LongTensor:
     """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS); greedy, or
-    sampling with `temperature` and `top_p` (seeded by `generator`)."""
+    sampling with `temperature` and `top_p` (seeded by `generator`). `image_sizes`: each image's (height,
+    width), which anyres needs beside its views."""
     steps = list(stream_tokens(
         model, input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens, do_sample=do_sample,
         temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
+        image_sizes=image_sizes,
     ))  # fmt: skip
     return torch.stack(steps, dim=1) if steps else input_ids.new_zeros(input_ids.shape[0], 0)
 
@@ -43,6 +46,7 @@ def stream_tokens(
     eos_token_id: int | list[int] | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    image_sizes=None,
 ) -> Iterator[torch.LongTensor]:
     """`generate`'s steps as they are picked: one `(B,)` tensor of new tokens per step (for streaming)."""
     _check_generation_args(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p)
@@ -52,7 +56,7 @@ def stream_tokens(
     attention_mask = attention_mask.to(torch.long)
     # Positions count real tokens only, so left padding does not shift them.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    inputs_embeds = model.embed_inputs(input_ids, pixel_values)
+    inputs_embeds = model.embed_inputs(input_ids, pixel_values, image_sizes)
     step_kwargs = _last_logits_only(model.llm)
     cache_name = _cache_keyword(model.llm)
     out = model.llm(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from mm.anyres import anyres_grid, pack_anyres_features
 from mm.checkpoint import write_checkpoint
 from mm.config import VLMConfig
 from mm.generation import generate as generate_tokens
+from mm.image_tokens import ImageTokens
 from mm.llm import enable_activation_checkpointing, llm_block_class, resolved_llm_config
 from mm.projectors import Projector
 from mm.transforms import ImageTransform
@@ -25,9 +29,10 @@ LOGIT_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 class VisionLanguageModel(nn.Module):
     """A vision tower, a projector and a causal LLM.
 
-    Each image becomes `tokens_per_image` consecutive `image_token_id` placeholders in `input_ids` (as in
-    transformers' Llava); its projected features replace their embeddings in one masked scatter, so any
-    number of images per sample, text-only samples included, needs no special code.
+    Each image becomes `image_token_count(its size)` consecutive `image_token_id` placeholders in `input_ids`
+    (as in transformers' Llava and LlavaNext): `tokens_per_image` for the fixed-size transforms, more for a large
+    image under anyres; its projected features replace their embeddings in one masked scatter, so any number
+    of images per sample, text-only samples included, needs no special code.
     """
 
     def __init__(
@@ -42,15 +47,21 @@ class VisionLanguageModel(nn.Module):
         if config.image_token not in tokenizer.get_vocab():
             raise ValueError(f"the tokenizer has no {config.image_token!r} token (build_vlm adds it)")
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
-        self.tokens_per_image = projector.num_output_tokens(vision_tower.num_tokens)
+        self.tokens_per_image = projector.num_output_tokens(vision_tower.num_tokens)  # per view
+        if self.is_anyres:
+            self.image_tokens  # noqa: B018  (a non-square grid is refused now, not at the first image)
+            if not isinstance(getattr(projector, "image_newline", None), nn.Parameter):
+                raise ValueError("anyres needs the projector's learned row-end vector (build_vlm adds image_newline)")
 
     # ----------------------------------------------------------------- properties
     @property
     def image_transform_config(self) -> ImageTransform:
         """How images are prepared for this model (the tower's size and normalisation, the config's mode)."""
         tower = self.vision_tower
+        pinpoints = self.config.image_grid_pinpoints
         return ImageTransform(
-            tower.image_size, tuple(tower.image_mean), tuple(tower.image_std), self.config.image_transform
+            tower.image_size, tuple(tower.image_mean), tuple(tower.image_std), self.config.image_transform,
+            grid_pinpoints=tuple(map(tuple, pinpoints)) if pinpoints else None,
         )
 
     def make_image_transform(self) -> ImageTransform:
@@ -77,53 +88,87 @@ class VisionLanguageModel(nn.Module):
             self.vision_tower.gradient_checkpointing_enable()
 
     # ----------------------------------------------------------------- embedding
+    @property
+    def is_anyres(self) -> bool:
+        return self.config.image_transform == "anyres"
+
+    @property
+    def image_tokens(self) -> ImageTokens:
+        """The rule for each image's placeholder count (`mm.image_tokens`)."""
+        pinpoints = self.config.image_grid_pinpoints
+        return ImageTokens(self.tokens_per_image, self.vision_tower.image_size,
+                           tuple(map(tuple, pinpoints)) if pinpoints else None, self.config.anyres_max_tiles)
+
+    def image_token_count(self, image_size: tuple[int, int]) -> int:
+        """Placeholders one image of `image_size` (height, width) takes."""
+        return self.image_tokens.count(image_size)
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`(N, 3, S, S)` -> `(N, tokens_per_image, llm hidden)`."""
+        """`(N, 3, S, S)` views -> `(N, tokens_per_image, llm hidden)`."""
         features = self.vision_tower(pixel_values)
         projector_dtype = next(self.projector.parameters()).dtype
         return self.projector(features.to(projector_dtype))
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor, image_sizes) -> torch.Tensor:
+        """Every image's placeholder features, in order: `(sum of image_token_counts, llm hidden)`. Under
+        anyres `pixel_values` holds each image's views (`ImageTransform.views`) and `image_sizes` their sizes."""
+        features = self.encode_images(pixel_values)
+        if not self.is_anyres:
+            return features.reshape(-1, features.shape[-1])
+        views = [1 + rows * cols for rows, cols in (anyres_grid(tuple(int(v) for v in size),
+                 self.config.image_grid_pinpoints, self.vision_tower.image_size) for size in image_sizes)]  # fmt: skip
+        if sum(views) != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} views were given for {len(views)} image(s) that make {sum(views)}")
+        newline = self.projector.image_newline.to(features.dtype)
+        packed = [
+            pack_anyres_features(part, tuple(int(v) for v in size), self.config.image_grid_pinpoints,
+                                 self.vision_tower.image_size, newline, self.config.anyres_max_tiles)
+            for part, size in zip(features.split(views), image_sizes)
+        ]  # fmt: skip
+        return torch.cat(packed)
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                     image_sizes=None) -> torch.Tensor:
         """Token embeddings with each image's projected features written over its placeholders."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, seq_len); got {tuple(input_ids.shape)}")
         image_mask = input_ids == self.image_token_id
-        num_images = 0 if pixel_values is None else pixel_values.shape[0]
-        self.check_placeholders(image_mask, num_images)
+        if pixel_values is None:
+            counts = []
+        elif self.is_anyres:
+            if image_sizes is None:
+                raise ValueError("anyres needs image_sizes: each image's (height, width) beside its views")
+            counts = self.image_tokens.counts(image_sizes)
+        else:
+            counts = [self.tokens_per_image] * pixel_values.shape[0]
+        self.check_placeholders(image_mask, counts)
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-        if num_images == 0:
+        if not counts:
             return embeds
-        features = self.encode_images(pixel_values).to(embeds.dtype)
+        features = self.image_features(pixel_values, image_sizes).to(embeds.dtype)
         # masked_scatter fills positions in row-major order: images go to samples in placeholder order.
         return embeds.masked_scatter(image_mask.unsqueeze(-1), features)
 
-    def check_placeholders(self, image_mask: torch.Tensor, num_images: int) -> None:
-        """Raise a ValueError naming the sample whose placeholders do not match the images."""
-        per_image = self.tokens_per_image
-        counts = image_mask.sum(dim=1)
-        run_lengths, run_samples = _placeholder_runs(image_mask)
-        bad_runs = (run_lengths % per_image) != 0
-        if bad_runs.any():
-            i = int(run_samples[bad_runs][0])
-            length = int(run_lengths[bad_runs][0])
-            raise ValueError(
-                f"sample {i} has a run of {length} consecutive image placeholders; each image needs "
-                f"exactly {per_image} (tokens_per_image)"
-            )
-        images_needed = torch.cumsum(counts // per_image, dim=0)
-        total = int(images_needed[-1]) if len(images_needed) else 0
-        if total == num_images:
-            return
-        if total > num_images:
-            i = int(torch.nonzero(images_needed > num_images)[0])
-            raise ValueError(
-                f"sample {i} has placeholders for {int(counts[i]) // per_image} image(s) but only "
-                f"{num_images} image(s) were given for the whole batch (samples 0..{i} need {int(images_needed[i])})"
-            )
-        raise ValueError(
-            f"{num_images} image(s) were given but the batch has placeholders for only {total}: "
-            f"the extra image(s) have no placeholders after sample {len(counts) - 1}"
-        )
+    def check_placeholders(self, image_mask: torch.Tensor, image_counts: Sequence[int]) -> None:
+        """Raise a ValueError naming the sample whose placeholders do not match the images: every run of
+        consecutive placeholders holds whole images, in order (`image_counts`: each image's placeholders)."""
+        lengths, samples = (values.tolist() for values in _placeholder_runs(image_mask))
+        ends = list(itertools.accumulate(image_counts))  # placeholders up to the end of each image
+        total, image_ends, matched = (ends[-1] if ends else 0), set(ends), 0
+        for length, sample in zip(lengths, samples):
+            matched += length
+            if matched > total:
+                raise ValueError(f"sample {sample} has placeholders for more images than the {len(image_counts)} "
+                                 f"image(s) given for the whole batch ({matched} placeholders up to it, {total} for the images)")
+            if matched not in image_ends:
+                raise ValueError(
+                    f"sample {sample} has a run of {length} consecutive image placeholders, which does not end where "
+                    f"an image's end (placeholders per image: {_count_summary(image_counts)})"
+                )
+        if matched != total:
+            found = ends.index(matched) + 1 if matched else 0
+            raise ValueError(f"{len(image_counts)} image(s) were given but the batch has placeholders for only {found}: "
+                             f"the extra image(s) have no placeholders after sample {image_mask.shape[0] - 1}")
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -135,6 +180,7 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool = True,
+        image_sizes=None,
     ) -> CausalLMOutputWithPast:
         """Logits, and the token cross-entropy when `labels` (aligned with `input_ids`) are given.
 
@@ -143,7 +189,7 @@ class VisionLanguageModel(nn.Module):
         `return_logits=False` (training) runs the output head on the labelled positions only, where the
         LLM's head is a plain linear layer: the full `(B, T, vocab)` logits are never made.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
         if labels is not None and not return_logits and self._head_is_plain_linear():
             return self._labelled_positions_loss(inputs_embeds, attention_mask, position_ids, labels,
                                                  input_ids, num_items_in_batch)
@@ -208,6 +254,11 @@ def _loss_denominator(labelled: torch.Tensor, num_items_in_batch: int | torch.Te
         # No labelled token gives 0, not NaN: a fully-masked batch contributes nothing.
         return labelled.sum().clamp(min=1)
     return torch.as_tensor(num_items_in_batch, device=labelled.device)
+
+
+def _count_summary(counts: Sequence[int]) -> str:
+    distinct = sorted(set(counts))
+    return str(distinct[0]) if len(distinct) == 1 else ", ".join(map(str, counts[:8])) + (" ..." if len(counts) > 8 else "")
 
 
 def _placeholder_runs(image_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,7 @@ def test_train_step_smallest(capsys):
 def test_flop_counter_by_hand():
     counter = bench_train_step.FlopCounter(llm_params=10, projector_params=2, tower_params=3,
                                            tower_tokens_per_image=5, projector_tokens_per_image=4)
-    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    image = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
     samples = [Sample([1] * 7, [-100] * 7, [image]), Sample([1] * 3, [-100] * 3, [])]
     # 6*10*(7+3) + 6*2*(1 image * 4 tokens) + 2*3*(1 image * 5 tokens)
     assert counter(samples) == 600 + 48 + 30
@@ -77,7 +77,7 @@ def test_supervised_tokens_skip_the_first_label():
 
 
 def test_llava_batches_never_mix_modalities():
-    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    image = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
     samples = [Sample([1], [1], [image] if i % 3 else [], key=str(i)) for i in range(30)]
     batches = train_mix.llava_batches(samples, 4, seed=0)
     assert len(batches) == 5 + 2  # 20 image samples, 10 text-only: full batches only

@@ -20,7 +20,7 @@ TOKENIZER = tokenizer()
 
 def decoder(max_length=None, template="plain"):
     transform = ImageTransform(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "pad")
-    return SampleDecoder(TOKENIZER, template, tokens_per_image=2, image_transform=transform, max_length=max_length)
+    return SampleDecoder(TOKENIZER, template, image_tokens=2, image_transform=transform, max_length=max_length)
 
 
 def dataset(sources, rank=0, world_size=1, workers=0, max_length=None, template="plain", **settings):

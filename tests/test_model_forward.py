@@ -113,7 +113,7 @@ def test_text_only_batch_needs_no_pixel_values(model):
 
 def test_too_few_images_names_the_sample(model):
     ids, _, pixel_values = mixed_batch(model)  # needs 3 images
-    with pytest.raises(ValueError, match=r"sample 2 has placeholders for 1 image\(s\) but only 2"):
+    with pytest.raises(ValueError, match=r"sample 2 has placeholders for more images than the 2 image\(s\) given"):
         model(ids, pixel_values[:2])
 
 

@@ -122,13 +122,14 @@ def test_16_bit_images_scale_to_8_bits_in_prep_training_and_eval(tmp_path):
     for name, data in images.items():
         (tmp_path / name).write_bytes(data)
     transform = ImageTransform(256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), mode="resize")
-    decoder = SampleDecoder(tokenizer=None, template="plain", tokens_per_image=1, image_transform=transform)
+    decoder = SampleDecoder(tokenizer=None, template="plain", image_tokens=1, image_transform=transform)
     stub_model = SimpleNamespace(tokenizer=SimpleNamespace(eos_token_id=2, pad_token_id=0), image_transform_config=transform)
     generator = Generator(stub_model, GenerationSettings(), torch.float32)
     for name, data in images.items():  # training, then evaluation
-        assert_gradient(decoder._image({"img0.png": data}, "img0.png", name).permute(1, 2, 0).numpy())
+        picture = decoder._open({"img0.png": data}, "img0.png", name)
+        assert_gradient(decoder._views(picture, "img0.png", name)[0].permute(1, 2, 0).numpy())
         question = Question(question_id=name, prompt="?", images=(tmp_path / name,))
-        assert_gradient(generator.load_images([question])[0].permute(1, 2, 0).numpy())
+        assert_gradient(generator.load_images([question]).views[0].permute(1, 2, 0).numpy())
 
     records = [{"id": name, "image": name, "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}]}
                for name in images]  # fmt: skip

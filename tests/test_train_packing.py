@@ -52,10 +52,11 @@ def test_packed_equals_padded(llm, attention):
 
 
 def test_pack_layout_positions_segments_and_images():
-    class S:  # minimal stand-in: pack only needs ids, labels, images, len
+    class S:  # minimal stand-in: pack only needs ids, labels, images (views), image sizes, len
         def __init__(self, n, tag):
             self.input_ids, self.labels = [tag] * n, [tag] * n
-            self.images = [torch.full((3, 2, 2), tag, dtype=torch.uint8)]
+            self.images = [torch.full((1, 3, 2, 2), tag, dtype=torch.uint8)]
+            self.image_sizes = [(tag, 10 * tag)]
 
         def __len__(self):
             return len(self.input_ids)
@@ -68,6 +69,7 @@ def test_pack_layout_positions_segments_and_images():
     assert batch["labels"].tolist() == [[-100, 2, 2, 2, 2, -100, 3], [-100, 1, 1, -100, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1] * 7, [1, 1, 1, 0, 0, 0, 0]]
     assert [int(image[0, 0, 0]) for image in batch["pixel_values"]] == [2, 3, 1]  # row-major placeholder order
+    assert batch["image_sizes"].tolist() == [[2, 20], [3, 30], [1, 10]]  # in the same order
     mask = packed_attention_mask(batch["segment_ids"])
     assert mask[0, 0, 6].tolist() == [False] * 5 + [True, True]  # the 2nd sample sees only itself
     assert mask[0, 0, 4].tolist() == [True] * 5 + [False, False]

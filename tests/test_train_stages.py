@@ -142,7 +142,7 @@ def test_gradient_checkpointing_keeps_the_gradients(config):
     assert checkpointed.llm.is_activation_checkpointing and not plain.llm.is_activation_checkpointing
     ids = [1] + [plain.image_token_id] * plain.tokens_per_image + list(range(20, 40))
     sample = Sample(ids, [-100] * (1 + plain.tokens_per_image) + list(range(20, 40)),
-                    [torch.full((3, 64, 64), 100, dtype=torch.uint8)])
+                    [torch.full((1, 3, 64, 64), 100, dtype=torch.uint8)], image_sizes=[(64, 64)])
     batch = collate([sample], pad_id=0)
     grads = []
     for vlm in (plain, checkpointed):

@@ -24,6 +24,7 @@ row's losses independent of the batch it is in (tests compare batch 1 with batch
 from __future__ import annotations
 
 import math
+from functools import partial
 from itertools import pairwise
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ class Row:
     ids: list[int]
     labels: list[int]
     images: list[torch.Tensor] = field(default_factory=list)
+    """uint8 (V, 3, S, S) views per image."""
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -179,20 +182,28 @@ class ModelScorer:
         return {metric: common for metric in self.metrics}
 
     # ------------------------------------------------------------------ encoding
-    def _encode(self, conversation, max_length=None, num_images=None):
-        return encode_conversation(conversation, self.tokenizer, self.template, tokens_per_image=self.model.tokens_per_image,
+    def _encode(self, conversation, max_length=None, num_images=None, counts=None):
+        return encode_conversation(conversation, self.tokenizer, self.template,
+                                   tokens_per_image=self.model.tokens_per_image if counts is None else counts,
                                    image_token=self.image_token, max_length=max_length, num_images=num_images)  # fmt: skip
+
+    def _encode_prefix(self, prefix, counts: list[int]):
+        """A conversation's first turns, which hold its first images: their counts, in order."""
+        return self._encode(prefix, counts=counts[:sum(turn["value"].count(self.image_token) for turn in prefix)])
 
     def encode(self, sample: ShardSample) -> EncodedSample:
         """The rows of one sample; ConversationError, SampleTooLong or an image error when it cannot be scored."""
         conversation = sample.record["conversations"]
-        encoded = self._encode(conversation, self.max_length, num_images=len(sample.images))
-        images = [self.transform.load(data) for data in sample.images]
+        pictures = [self.transform.open(data) for data in sample.images]
+        sizes = [(picture.height, picture.width) for picture in pictures]
+        counts = self.model.image_tokens.counts(sizes)
+        encoded = self._encode(conversation, self.max_length, num_images=len(sample.images), counts=counts)
+        images = [self.transform.views(picture) for picture in pictures]
         ids, labels = encoded.input_ids, list(encoded.labels)
         labels[0] = IGNORE_INDEX  # nothing predicts position 0 (causal_lm_loss shifts it out)
         positions = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
-        bounds = answer_bounds(conversation, len(positions), self._encode)
-        full = Row(ids, labels, images)
+        bounds = answer_bounds(conversation, len(positions), partial(self._encode_prefix, counts=counts))
+        full = Row(ids, labels, images, sizes)
         no_image = None
         if "image_reliance" in self.metrics and images:
             kept = [i for i, token in enumerate(ids) if token != self.image_id]
@@ -224,9 +235,10 @@ class ModelScorer:
             labels[i, : len(row.ids)] = torch.tensor(row.labels)
             mask[i, : len(row.ids)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        pixels = [image for row in rows for image in row.images]
-        pixel_values = self.transform.normalize(torch.stack(pixels).to(device), self.dtype) if pixels else None
-        embeds = model.embed_inputs(ids, pixel_values)
+        views = [image for row in rows for image in row.images]
+        sizes = [size for row in rows for size in row.image_sizes]
+        pixel_values = self.transform.normalize(torch.cat(views).to(device), self.dtype) if views else None
+        embeds = model.embed_inputs(ids, pixel_values, sizes or None)
         targets = labels[:, 1:].to(device)
         keep = targets != IGNORE_INDEX
         if self._head_is_plain_linear():  # the output layer only where a token is scored (vocab-sized logits are big)

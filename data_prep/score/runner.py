@@ -203,9 +203,10 @@ def build_scorers(options: ScoreOptions, device: str | None, dtype) -> tuple[lis
     model = None
     if options.needs_model:
         from data_prep.score.model_metrics import ModelScorer
-        from eval.pipeline import load_model
+        from mm.loading import load_for_inference
 
-        model, dtype = load_model(options.checkpoint, device, options.dtype, options.trust_remote_code)
+        model, dtype = load_for_inference(options.checkpoint, device, options.dtype,
+                                          trust_remote_code=options.trust_remote_code)
         scorers.append(ModelScorer(model, [m for m in options.metrics if m in MODEL_METRICS], dtype,
                                    options.batch_size, options.max_length, options.checkpoint))  # fmt: skip
     if options.needs_clip:
@@ -259,7 +260,7 @@ def run_score(options: ScoreOptions) -> dict:
     device, dtype_name = None, None
     if options.needs_model or options.needs_clip:
         from eval.pipeline import pick_device
-        from eval.runner import resolve_dtype
+        from mm.loading import resolve_dtype
 
         device = pick_device(options.device, ranks)
         dtype_name = str(resolve_dtype(options.dtype, device)).replace("torch.", "") if options.needs_model else None

@@ -153,13 +153,13 @@ class MMModel(lmms):
                              f"for {len(visuals)} images")
         return Question(where, context, ())
 
-    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
-        """Normalised pixel values in placeholder order, on the model's device, or None."""
-        if not images:
-            return None
-        transform = self.generator.transform
-        pixels = torch.stack([transform(image) for image in images])
-        return transform.normalize(pixels.to(self._device), self.dtype)
+    def _pixels(self, images: Sequence[Image.Image]) -> dict:
+        """The model's image arguments: normalised views in placeholder order on its device, and sizes."""
+        inputs = self.generator.prepare(images)
+        if inputs is None:
+            return {"pixel_values": None}
+        pixels = self.generator.transform.normalize(inputs.views.to(self._device), self.dtype)
+        return {"pixel_values": pixels, "image_sizes": inputs.sizes}
 
     # ------------------------------------------------------------------ generate_until
     def _sampling(self, gen_kwargs: dict | None, task: str) -> Sampling:
@@ -208,8 +208,7 @@ class MMModel(lmms):
         generator = self.generator
         if settings != generator.settings:
             generator = Generator(self._model, settings, self.dtype)
-        pixels = torch.stack([generator.transform(image) for image in images]) if images else None
-        return [_cut(text, sampling.until) for text in generator.answer(questions, pixels)]
+        return [_cut(text, sampling.until) for text in generator.answer(questions, generator.prepare(images))]
 
     # ------------------------------------------------------------------ loglikelihood
     def _scored_ids(self, context: str, continuation: str, visuals: Sequence[Image.Image], where: str):
@@ -226,7 +225,8 @@ class MMModel(lmms):
         try:
             tokens, start = encode_prompt_and_continuation(
                 conversation(question, image_token), continuation, tokenizer, self.generator.settings.template,
-                tokens_per_image=self._model.tokens_per_image, image_token=image_token)
+                tokens_per_image=self._model.image_tokens.counts((image.height, image.width) for image in visuals),
+                image_token=image_token)
         except ValueError as error:
             raise ValueError(f"mm model: {where}: {error}") from None
         return tokens, start, len(tokens)
@@ -266,7 +266,7 @@ class MMModel(lmms):
             ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[i, : len(tokens)] = 1
         images = [image for *_, visuals in rows for image in visuals]
-        logits = self._model(ids.to(self._device), self._pixels(images), attention_mask=mask.to(self._device)).logits
+        logits = self._model(ids.to(self._device), attention_mask=mask.to(self._device), **self._pixels(images)).logits
         out = []
         for i, (tokens, start, end, _) in enumerate(rows):
             row_logits = logits[i, start - 1 : end - 1].float().log_softmax(-1)

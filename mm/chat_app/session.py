@@ -110,15 +110,17 @@ class ChatSession:
     @torch.inference_mode()
     def _stream_answer(self) -> Iterator[str]:
         model = self.model
-        ids = encode_prompt(self.turns, model.tokenizer, self.template, tokens_per_image=model.tokens_per_image,
+        sizes = [(image.height, image.width) for image in self.images]
+        ids = encode_prompt(self.turns, model.tokenizer, self.template, tokens_per_image=model.image_tokens.counts(sizes),
                             image_token=self.image_token)
         input_ids = torch.tensor([ids], device=model.device)
         pixels = None
         if self.images:
-            stacked = torch.stack([self.transform(image) for image in self.images]).to(model.device)
-            pixels = self.transform.normalize(stacked).to(next(model.vision_tower.parameters()).dtype)
+            views = torch.cat([self.transform.views(image) for image in self.images]).to(model.device)
+            pixels = self.transform.normalize(views).to(next(model.vision_tower.parameters()).dtype)
         tokens, shown = [], ""
-        for step in stream_tokens(model, input_ids, torch.ones_like(input_ids), pixels, **self._sampling_arguments()):
+        arguments = {**self._sampling_arguments(), "image_sizes": sizes or None}
+        for step in stream_tokens(model, input_ids, torch.ones_like(input_ids), pixels, **arguments):
             token = int(step[0])
             if token in self.stop_ids:
                 break

@@ -1,7 +1,8 @@
 """Samples -> padded batches: length grouping, padding to the longest, and optional packing.
 
 A batch is a dict of tensors: ``input_ids``/``labels`` (R, T), ``attention_mask`` (R, T) 1 on real
-tokens, ``pixel_values`` uint8 (N, 3, S, S) in placeholder order (row-major) or None, and, when packed,
+tokens, ``pixel_values`` uint8 (N, 3, S, S): every image's views in placeholder order (row-major), or None,
+``image_sizes`` (images, 2) each image's (height, width) or None, and, when packed,
 ``position_ids`` restarting at 0 per sample and ``segment_ids`` (1, 2, ... per sample in a row, 0 on
 padding) from which the per-sample causal mask is built on the device (``packed_attention_mask``).
 """
@@ -53,7 +54,7 @@ def collate(samples: list[Sample], pad_id: int) -> dict:
         labels[row, : len(sample)] = torch.tensor(sample.labels)
         attention_mask[row, : len(sample)] = 1
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    batch["pixel_values"] = _stack_images([image for s in samples for image in s.images])
+    batch.update(_images(samples))
     batch["num_samples"] = len(samples)
     return batch
 
@@ -75,7 +76,7 @@ def pack(samples: list[Sample], pad_id: int, max_length: int) -> dict:
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     segment_ids = torch.zeros(shape, dtype=torch.long)
-    images = []
+    in_row_order = []
     for r, row in enumerate(rows):
         offset = 0
         for segment, sample in enumerate(row, start=1):
@@ -87,11 +88,11 @@ def pack(samples: list[Sample], pad_id: int, max_length: int) -> dict:
             labels[r, offset] = IGNORE_INDEX
             position_ids[r, offset:end] = torch.arange(len(sample))
             segment_ids[r, offset:end] = segment
-            images += sample.images
+            in_row_order.append(sample)
             offset = end
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": (segment_ids > 0).long()}
     batch.update(position_ids=position_ids, segment_ids=segment_ids)
-    batch["pixel_values"] = _stack_images(images)
+    batch.update(_images(in_row_order))
     batch["num_samples"] = len(samples)
     return batch
 
@@ -114,5 +115,9 @@ def masked_copy(batch: dict) -> dict:
     return copy
 
 
-def _stack_images(images: list[torch.Tensor]) -> torch.Tensor | None:
-    return torch.stack(images) if images else None
+def _images(samples: list[Sample]) -> dict:
+    """`pixel_values` (all views, in placeholder order) and `image_sizes`, or None for text-only batches."""
+    views = [image for sample in samples for image in sample.images]
+    sizes = [size for sample in samples for size in sample.image_sizes]
+    return {"pixel_values": torch.cat(views) if views else None,
+            "image_sizes": torch.tensor(sizes, dtype=torch.long) if sizes else None}

@@ -20,7 +20,6 @@ from mm.chat import IGNORE_INDEX
 from mm.data.dataset import ShardStreamDataset, StreamSettings
 from mm.data.samples import SampleDecoder
 from mm.data.shards import ShardSource, resolve_source
-from mm.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +152,11 @@ class ShardDataModule(L.LightningDataModule):
         vlm = getattr(self.trainer.lightning_module, "vlm", None)
         if vlm is None:
             raise RuntimeError("ShardDataModule needs the LightningModule's `vlm` (built in configure_model)")
-        settings = vlm.image_transform_config
-        transform = ImageTransform(settings.image_size, settings.mean, settings.std, settings.mode)
         decoder = SampleDecoder(
             tokenizer=vlm.tokenizer,
             template=self.template or vlm.config.chat_template,
-            tokens_per_image=vlm.tokens_per_image,
-            image_transform=transform,
+            image_tokens=vlm.image_tokens,
+            image_transform=vlm.make_image_transform(),
             image_token=vlm.config.image_token,
             max_length=self.max_length,
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from mm.chat import IMAGE_COUNT_MISMATCH, ConversationError, SampleTooLong, encode_conversation
 from mm.data.skips import SkipReason
+from mm.image_tokens import ImageTokens
 from mm.transforms import ImageTransform
 
 
@@ -26,8 +27,10 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     images: list[torch.Tensor]
-    """uint8 (3, S, S) per image, in placeholder order."""
+    """uint8 (V, 3, S, S) views per image (one, or anyres' base view and tiles), in placeholder order."""
     key: str = ""
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    """(height, width) of each image as decoded: anyres' tiling and token count depend on it."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -39,10 +42,15 @@ class SampleDecoder:
 
     tokenizer: object
     template: str
-    tokens_per_image: int
+    image_tokens: ImageTokens | int
+    """Each image's placeholder count (an int: the same for every image)."""
     image_transform: ImageTransform
     image_token: str = "<image>"
     max_length: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.image_tokens, int):
+            self.image_tokens = ImageTokens(self.image_tokens)
 
     def __call__(self, record: dict) -> Sample:
         key = f"{record.get('__url__', '')}#{record.get('__key__', '')}"
@@ -51,12 +59,15 @@ class SampleDecoder:
         image_names = meta.get("images", [])
         if not isinstance(conversation, list) or not isinstance(image_names, list):
             raise SkipSample(SkipReason.BAD_JSON, f"{key}: `conversations` and `images` must be lists")
+        # anyres: each image's placeholder count depends on its size, so images are decoded first
+        pictures = [self._open(record, name, key) for name in image_names] if self.image_tokens.varies else None
         try:
             encoded = encode_conversation(
                 conversation,
                 self.tokenizer,
                 self.template,
-                tokens_per_image=self.tokens_per_image,
+                tokens_per_image=(self.image_tokens.per_view if pictures is None
+                                  else self.image_tokens.counts((p.height, p.width) for p in pictures)),
                 image_token=self.image_token,
                 max_length=self.max_length,
                 num_images=len(image_names),
@@ -66,8 +77,10 @@ class SampleDecoder:
         except ConversationError as error:  # the rules mm-prep applies, with the same reasons
             reason = SkipReason.IMAGE_MISMATCH if error.reason == IMAGE_COUNT_MISMATCH else SkipReason.BAD_CONVERSATION
             raise SkipSample(reason, f"{key}: {error.reason}: {error}") from error
-        images = [self._image(record, name, key) for name in image_names]
-        return Sample(encoded.input_ids, encoded.labels, images, key)
+        if pictures is None:
+            pictures = [self._open(record, name, key) for name in image_names]
+        views = [self._views(picture, name, key) for picture, name in zip(pictures, image_names)]
+        return Sample(encoded.input_ids, encoded.labels, views, key, [(p.height, p.width) for p in pictures])
 
     def _json(self, record: dict, key: str) -> dict:
         if "json" not in record:
@@ -80,10 +93,16 @@ class SampleDecoder:
             raise SkipSample(SkipReason.BAD_JSON, f"{key}: JSON is not an object")
         return meta
 
-    def _image(self, record: dict, name: str, key: str) -> torch.Tensor:
+    def _open(self, record: dict, name: str, key: str) -> Image.Image:
         if name not in record:
             raise SkipSample(SkipReason.MISSING_IMAGE, f"{key}: no member {name!r}")
         try:
-            return self.image_transform.load(record[name])
+            return self.image_transform.open(record[name])
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            raise SkipSample(SkipReason.BAD_IMAGE, f"{key}/{name}: {error}") from error
+
+    def _views(self, picture: Image.Image, name: str, key: str) -> torch.Tensor:
+        try:
+            return self.image_transform.views(picture)
+        except (OSError, ValueError) as error:  # a truncated file fails when its pixels are read
             raise SkipSample(SkipReason.BAD_IMAGE, f"{key}/{name}: {error}") from error

@@ -63,10 +63,11 @@ def model_logps(vlm, batch: dict, pixel_values: torch.Tensor | None) -> tuple[to
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     labels = batch["labels"].masked_fill(input_ids == vlm.image_token_id, IGNORE_INDEX)
+    image_sizes = batch.get("image_sizes")
     if not vlm._head_is_plain_linear():
-        logits = vlm(input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits
+        logits = vlm(input_ids, pixel_values=pixel_values, attention_mask=attention_mask, image_sizes=image_sizes).logits
         return sequence_logps(logits, labels)
-    embeds = vlm.embed_inputs(input_ids, pixel_values)
+    embeds = vlm.embed_inputs(input_ids, pixel_values, image_sizes)
     hidden = vlm.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:].to(hidden.device)
     keep = targets != IGNORE_INDEX

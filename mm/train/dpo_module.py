@@ -222,6 +222,7 @@ class DPOTrainingModule(VLMTrainingModule):
                     if pixel_values is not None:
                         pixel_values = self.image_transform.normalize(pixel_values.to(self.device))
                     tensors = {name: batch[name].to(self.device) for name in ("input_ids", "labels", "attention_mask")}
+                    tensors["image_sizes"] = batch["image_sizes"]
                     sums = model_logps(self.vlm, tensors, pixel_values)[0].tolist()
                     pairs = batch["num_samples"]
                     for index, key in enumerate(batch["keys"]):

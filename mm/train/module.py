@@ -29,7 +29,6 @@ from mm.train.init import build_for_stage, merge_lora
 from mm.train.optim import build_optimizer, clip_grad_norm_global, global_grad_norm, no_decay_names
 from mm.train.policy import TrainingPolicy
 from mm.train.strategies import check_strategy, grad_shard_group
-from mm.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,7 @@ class VLMTrainingModule(L.LightningModule):
         # (and any other) would silently be off for the whole run
         self.vlm.train()
         self._no_decay = no_decay_names(self.vlm)  # now: a sharding strategy wraps the model after this hook
-        settings = self.vlm.image_transform_config
-        self.image_transform = ImageTransform(settings.image_size, settings.mean, settings.std, settings.mode)
+        self.image_transform = self.vlm.make_image_transform()
 
     def forward(self, batch: dict, num_items_in_batch=None):
         pixel_values = batch.get("pixel_values")
@@ -100,6 +98,7 @@ class VLMTrainingModule(L.LightningModule):
         return self.vlm(
             **rows,
             pixel_values=pixel_values,
+            image_sizes=batch.get("image_sizes"),
             attention_mask=attention_mask,
             num_items_in_batch=num_items_in_batch,
             return_logits=False,  # only the loss is needed: the head runs on labelled positions only
