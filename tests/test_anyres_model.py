@@ -201,3 +201,18 @@ def test_training_and_dpo_fit_on_anyres_and_the_export_evaluates(tmp_path):
                       "--questions", bench["questions"], "--annotations", bench["annotations"],
                       "--image-root", bench["image_root"]]) == 0
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_an_anyres_stage_starts_from_a_single_view_export(tmp_path):
+    from mm.train.init import build_for_stage
+    from mm.train.policy import TrainingPolicy
+
+    torch.manual_seed(0)
+    single = mm.build_vlm(tiny_vlm_config())
+    single.save_pretrained(tmp_path / "single")
+    config = tiny_vlm_config(image_transform="anyres", image_grid_pinpoints=PINPOINTS)
+    for policy in (TrainingPolicy(stage="full", init_from=str(tmp_path / "single")),
+                   TrainingPolicy(stage="finetune", init_projector_from=str(tmp_path / "single"))):
+        anyres = build_for_stage(config, policy)
+        assert torch.equal(anyres.projector.linear_1.weight, single.projector.linear_1.weight)
+        assert anyres.projector.image_newline.abs().sum() > 0  # its own init

@@ -96,6 +96,7 @@ def load_all(vlm, path: str | Path) -> None:
     if not Path(path).is_dir():
         raise ValueError(f"init_from takes an export directory (with model.safetensors), got {path}")
     state = saved_state(path, part="")
+    _keep_own_newline(vlm, state, "projector.image_newline", path)
     try:
         assign_state_dict(vlm, state, str(path))
     except RuntimeError as error:  # shape mismatches; names are checked by assign_state_dict
@@ -103,8 +104,18 @@ def load_all(vlm, path: str | Path) -> None:
     log.info("all weights initialised from %s (%d tensors)", path, len(state))
 
 
+def _keep_own_newline(vlm, state: dict, name: str, path) -> None:
+    """An anyres model started from a single-view one (LLaVA-NeXT's stage 2 after a 336-px stage 1) keeps its
+    freshly initialised row-end vector, the one weight the single-view model cannot have."""
+    newline = getattr(vlm.projector, "image_newline", None)
+    if newline is not None and name not in state:
+        state[name] = newline.detach().clone()
+        log.info("%s has no image_newline (a single-view model): it starts from its random init", path)
+
+
 def load_projector(vlm, path: str | Path) -> None:
     state = saved_state(path)
+    _keep_own_newline(vlm, state, "image_newline", path)
     try:
         vlm.projector.load_state_dict(state, strict=True)
     except RuntimeError as error:
