@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # `make demo-anyres`: does LLaVA-NeXT's anyres help where one 64-px view cannot resolve the answer? The demo's
 # synthetic world with the small-detail split (mm-prep synth --detail: 192-384 px images of several aspect ratios
-# holding objects under a pixel of the 64-px view) -> the demo's two stages twice, at the same model size: single
-# view (LLaVA-1.5's pad-and-resize to the tower's 64 px) and anyres (a 64-px view of the whole image plus 64-px tiles
-# of the best grid up to 3 x 3, i.e. 192 px) -> synth_detail and synth_vqa of both, next to chance and majority.
-# Stage 1 trains on the 64-px captions, stage 2 on the instructions plus the detail dialogues. Re-running skips
-# finished steps.
+# holding objects under a pixel of the 64-px view) -> the demo's stage 1 (single view, shared) -> its stage 2 twice,
+# at the same model size: single view (LLaVA-1.5's pad-and-resize to the tower's 64 px) and anyres (a 64-px view of
+# the whole image plus 64-px tiles of the best grid up to 3 x 3, i.e. 192 px) -> synth_detail and synth_vqa of
+# both, next to chance and majority. Stage 1 trains on the 64-px captions, stage 2 on the instructions plus the
+# detail dialogues. Re-running skips finished steps.
 #
 # Knobs (environment): ANYRES_SEED (training seed, default 0), ANYRES_NUM_TRAIN (64-px scenes, 6000),
 # ANYRES_NUM_DETAIL (detail scenes, default ANYRES_NUM_TRAIN), ANYRES_NUM_EVAL (held-out scenes of each kind,
 # 300), ANYRES_MAX_STEPS (cut every stage short; default: the recipes' epochs), ANYRES_PINPOINTS (the anyres
-# grids, [height, width] multiples of the tower's 64 px), ANYRES_TRAIN_ARGS (more mm-train options for all four
+# grids, [height, width] multiples of the tower's 64 px), ANYRES_TRAIN_ARGS (more mm-train options for all
 # stages), ANYRES_SINGLE_STAGE1 (a single-view stage-1 export to reuse, e.g. demo_out/stage1/export: the demo's
 # captions are the same data, so with the same seed and steps it is the same model).
 set -euo pipefail
@@ -44,18 +44,18 @@ fi
 ANYRES=(--model.model.image_transform anyres --model.model.image_grid_pinpoints "$PINPOINTS")
 STAGE2_SHARDS="[{\"urls\": \"$DIR/synth/instruct\"}, {\"urls\": \"$DIR/synth/detail\"}]"
 
-arm() {  # name [mm-train options of both stages...]: stage 1 then stage 2 from it, same options for both
-  local name="$1" stage1="$DIR/stage1_$1/export"
-  if [ "$name" = single ] && [ -n "${ANYRES_SINGLE_STAGE1:-}" ]; then
-    stage1="$ANYRES_SINGLE_STAGE1"
-  else
-    train_stage "$DIR/stage1_$name" configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]" "${@:2}"
-  fi
+# Stage 1 (the projector on captions) is single-view for both arms, as LLaVA-NeXT pretrains at one 336-px view;
+# the anyres arm's stage 2 starts from it with a freshly initialised image_newline.
+STAGE1="${ANYRES_SINGLE_STAGE1:-$DIR/stage1/export}"
+if [ -z "${ANYRES_SINGLE_STAGE1:-}" ]; then
+  train_stage "$DIR/stage1" configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]"
+fi
+for name in single anyres; do
+  options=()
+  if [ "$name" = anyres ]; then options=("${ANYRES[@]}"); fi
   train_stage "$DIR/stage2_$name" configs/demo/stage2_finetune.yaml "$STAGE2_SHARDS" \
-    --model.policy.init_from "$stage1" "${@:2}"
-}
-arm single
-arm anyres "${ANYRES[@]}"
+    --model.policy.init_from "$STAGE1" "${options[@]}"
+done
 
 for name in single anyres; do
   for task in synth_detail synth_vqa; do
