@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from eval.distributed import Ranks, barrier, existing_prediction_files, gather, part_file, shard
 from eval.predictions import append_predictions, id_key, parse_predictions, recover_partial
@@ -232,7 +234,10 @@ def _generate_round(generator: Generator, questions: Sequence[Question], earlier
     target.touch()
     start = time.perf_counter()
     planned = list(batches(mine, generator.settings.batch_size))
-    with ThreadPoolExecutor(max_workers=max(1, generator.settings.image_workers)) as pool:
+    # a bar on a terminal; logs (not a terminal) get the line every tenth of the batches below instead
+    bar = tqdm(total=len(mine), unit="question", desc=task_name, file=sys.stderr,
+               disable=ranks.rank != 0 or not sys.stderr.isatty())
+    with bar, ThreadPoolExecutor(max_workers=max(1, generator.settings.image_workers)) as pool:
         upcoming = pool.submit(generator.load_images, planned[0]) if planned else None
         for index, batch in enumerate(planned):
             pixels = upcoming.result()
@@ -242,6 +247,7 @@ def _generate_round(generator: Generator, questions: Sequence[Question], earlier
             append_predictions(target, (
                 {"question_id": q.question_id, "prompt": q.prompt, "text": text, "model_id": model_id,
                  "metadata": {"task": task_name}} for q, text in zip(batch, texts)))
+            bar.update(len(batch))
             if (index + 1) % max(1, len(planned) // 10) == 0 or index + 1 == len(planned):
                 log.info("rank %d: %d/%d batches", ranks.rank, index + 1, len(planned))
     return len(mine), time.perf_counter() - start

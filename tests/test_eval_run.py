@@ -307,3 +307,19 @@ def test_later_turns_replay_the_models_own_earlier_answers(setup):
     assert alone.answer([second], alone.load_images([second]), {"k/0": answers["k/0"]}) == [answers["k/1"]]
     with pytest.raises(ValueError, match="earlier turns"):
         conversation(second, model.config.image_token, [])
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_log_none(setup, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, name in ((Terminal(), "tty"), (io.StringIO(), "log")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        _run(setup, tmp_path / name, "--batch-size", "4")
+        monkeypatch.undo()
+        shown = stream.getvalue()
+        assert ("12/12" in shown and "question" in shown) == (name == "tty"), shown
