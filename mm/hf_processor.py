@@ -1,8 +1,9 @@
 """The processor files of a llava-hf directory: mm's image transform and chat template, written and read back.
 
-Export writes a `LlavaProcessor` whose image processor gives the pixels `mm.transforms.ImageTransform` gives
-(every mode; the torchvision backend, transformers 5's default) and whose chat template renders the text
-`mm.chat` tokenises (`mm.chat.jinja_template`). Import reads the mode and the template back from them.
+Export writes a `LlavaProcessor` (a `LlavaNextProcessor` for anyres) whose image processor gives the pixels
+`mm.transforms.ImageTransform` gives (every mode; the torchvision backend, transformers 5's default) and whose
+chat template renders the text `mm.chat` tokenises (`mm.chat.jinja_template`). Import reads the mode and the
+template back from them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,20 @@ class LlavaDirectoryIncomplete(CheckpointNotFound):
 
 # ----------------------------------------------------------------------------- mm -> llava-hf
 def image_processor_for(transform: ImageTransform):
-    """A `LlavaImageProcessor` computing `transform` (test_llava_chat_flow.py compares the pixels)."""
-    from transformers import LlavaImageProcessor
+    """A `LlavaImageProcessor` (`LlavaNextImageProcessor` for anyres) computing `transform`
+    (test_llava_chat_flow.py and test_llava_next_interop.py compare the pixels)."""
+    from transformers import LlavaImageProcessor, LlavaNextImageProcessor
 
     square = {"height": transform.image_size, "width": transform.image_size}
+    if transform.mode == "anyres":
+        # the base view and the tiles are already tile-sized, so the shortest-edge resize and the crop that
+        # follow are no-ops; do_pad only pads the batch's view counts, the tiles' padding is always black
+        return LlavaNextImageProcessor(
+            size={"shortest_edge": transform.image_size}, crop_size=square, do_center_crop=True, do_pad=True,
+            image_grid_pinpoints=[list(pin) for pin in transform.grid_pinpoints], resample=BICUBIC,
+            do_convert_rgb=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+            image_mean=list(transform.mean), image_std=list(transform.std),
+        )
     by_mode = {  # pad: LlavaImageProcessor pads with int(mean * 255) before resizing, as LLaVA-1.5 does
         "pad": {"do_pad": True, "size": square, "do_center_crop": False},
         "resize": {"do_pad": False, "size": square, "do_center_crop": False},
@@ -50,16 +61,18 @@ def image_processor_for(transform: ImageTransform):
 
 
 def processor_for(model, vision_feature_select_strategy: str):
-    """The `LlavaProcessor` of an export: image processor, and a copy of the tokenizer carrying the Jinja twin of
-    the model's chat template (refused when this tokenizer would tokenise it differently from mm.chat)."""
-    from transformers import LlavaProcessor
+    """The `LlavaProcessor` (`LlavaNextProcessor` for anyres) of an export: image processor, and a copy of the
+    tokenizer carrying the Jinja twin of the model's chat template (refused when this tokenizer would tokenise
+    it differently from mm.chat)."""
+    from transformers import LlavaNextProcessor, LlavaProcessor
 
     config = model.config
     jinja = jinja_template(config.chat_template, model.tokenizer, config.image_token)
     check_jinja_template(jinja, model.tokenizer, config.chat_template, config.image_token)
     tokenizer = copy.deepcopy(model.tokenizer)
     tokenizer.chat_template = jinja
-    return LlavaProcessor(
+    processor_class = LlavaNextProcessor if model.is_anyres else LlavaProcessor
+    return processor_class(
         image_processor=image_processor_for(model.image_transform_config), tokenizer=tokenizer, chat_template=jinja,
         patch_size=model.vision_tower.patch_size, vision_feature_select_strategy=vision_feature_select_strategy,
         image_token=config.image_token, num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
@@ -103,8 +116,10 @@ def check_complete(directory: Path) -> None:
         raise LlavaDirectoryIncomplete(f"llava-hf directory {directory} is missing: {'; '.join(missing)}")
 
 
-def read_image_settings(directory: Path, image_size: int) -> tuple[list[float] | None, list[float] | None, str]:
-    """(mean, std, mode) of the directory's image processor; LlavaIncompatible when no mm mode computes it."""
+def read_image_settings(directory: Path, image_size: int, grid_pinpoints=None
+                        ) -> tuple[list[float] | None, list[float] | None, str]:
+    """(mean, std, mode) of the directory's image processor; LlavaIncompatible when no mm mode computes it.
+    `grid_pinpoints` (a LlavaNext model's): the processor must tile by them, and the mode is anyres."""
     from transformers.image_processing_utils import get_size_dict
 
     data = _image_processor_config(directory) or {}
@@ -112,7 +127,9 @@ def read_image_settings(directory: Path, image_size: int) -> tuple[list[float] |
     crop = get_size_dict(data.get("crop_size", image_size), default_to_square=True, param_name="crop_size")
     square, short_side = {"height": image_size, "width": image_size}, {"shortest_edge": image_size}
     cropped = data.get("do_center_crop", False)
-    if data.get("do_pad") and size in (square, short_side) and (not cropped or crop == square):
+    if grid_pinpoints is not None:
+        mode = _anyres_mode(directory, data, grid_pinpoints, size in (square, short_side) and crop == square)
+    elif data.get("do_pad") and size in (square, short_side) and (not cropped or crop == square):
         mode = "pad"
     elif cropped and size == short_side and crop == square:
         mode = "crop"
@@ -128,6 +145,21 @@ def read_image_settings(directory: Path, image_size: int) -> tuple[list[float] |
         log.warning("%s: the image processor resizes with resample=%s; mm resizes bicubic, so pixels differ slightly",
                     directory, data["resample"])
     return data.get("image_mean"), data.get("image_std"), mode
+
+
+def _anyres_mode(directory: Path, data: dict, grid_pinpoints, tile_sized: bool) -> str:
+    """'anyres' when the LlavaNext image processor tiles as mm.anyres does: by the model's pinpoints, into
+    tower-sized tiles (its crop), with a tower-sized base view (its size) that the crop leaves whole."""
+    theirs = data.get("image_grid_pinpoints")
+    if theirs is not None and [list(pin) for pin in theirs] != [list(pin) for pin in grid_pinpoints]:
+        raise LlavaIncompatible(f"{directory}: the image processor tiles at {theirs}, the model at {grid_pinpoints}")
+    if not tile_sized:
+        raise LlavaIncompatible(
+            f"{directory}: the image processor's size {data.get('size')} and crop {data.get('crop_size')} are not "
+            "the tower's image size; mm's anyres views are tower-sized (size shortest_edge or height/width, and "
+            "crop_size, all the tower's image_size)"
+        )
+    return "anyres"
 
 
 def read_chat_template(tokenizer, image_token: str) -> str:

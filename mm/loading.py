@@ -1,4 +1,5 @@
-"""`load_pretrained`: the one loader, over our checkpoint directories (mm.checkpoint) and llava-hf ones (mm.llava)."""
+"""`load_pretrained`: the one loader, over our checkpoint directories (mm.checkpoint) and llava-hf ones
+(Llava and LlavaNext, mm.llava)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from mm.weights import assign_state_dict, parameters_on_meta
 def load_pretrained(
     path: str | os.PathLike, *, trust_remote_code: bool = False, torch_dtype=None
 ) -> VisionLanguageModel:
-    """Load one of our checkpoint directories or a llava-hf (`model_type: "llava"`) directory / hub id."""
+    """Load one of our checkpoint directories or a llava-hf (`model_type` "llava" or "llava_next") directory /
+    hub id."""
     directory = _local_directory(str(path))
     if is_checkpoint(directory):
         model = load_checkpoint(directory, trust_remote_code=trust_remote_code)
@@ -28,7 +30,7 @@ def load_pretrained(
     else:
         raise ValueError(
             f"{path} is neither an mm checkpoint (no {CONFIG_NAME}) nor a llava-hf directory "
-            "(config.json with model_type 'llava')"
+            "(config.json with model_type 'llava' or 'llava_next')"
         )
     if torch_dtype is not None:
         model = model.to(_as_dtype(torch_dtype))
