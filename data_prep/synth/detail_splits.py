@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 from data_prep.convert import ConvertOptions, ConvertResult, convert
-from data_prep.records import IMAGE_TOKEN, ImageRef, Sample, check_conversation
+from data_prep.records import ImageRef, Sample, check_conversation
 from data_prep.synth.detail import DETAIL_PROGRAMS, DetailScene, answer_space_size, ask_detail, render_detail_png, sample_detail_scene
-from data_prep.synth.generate import SOURCE, SynthConfig, format_question, scene_rng
+from data_prep.synth.generate import SOURCE, SynthConfig, dialogue, distinct_questions, scene_rng
 from mm.atomic import write_bytes_atomic, write_json_atomic
 
 DETAIL_IMAGE_ID_OFFSET = 2_000_000
@@ -33,18 +33,8 @@ def detail_sample(config: SynthConfig, index: int) -> Sample:
     """Several detail questions about one scene, as a multi-turn dialogue (the instruct split's turn counts)."""
     scene = detail_scene(config, "detail", index)
     rng = scene_rng(config.seed, "detail", index, "questions")
-    turns, asked = [], set()
-    for _ in range(rng.randint(config.min_turns, config.max_turns)):
-        qa = ask_detail(scene, rng, config.world, avoid=asked)
-        if qa is None:
-            break
-        asked.add(qa.question)
-        turns.append(qa)
-    conversations = []
-    for position, qa in enumerate(turns):
-        text = format_question(qa)
-        conversations += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if position == 0 else text},
-                          {"from": "gpt", "value": qa.answer}]  # fmt: skip
+    turns = distinct_questions(config, rng, lambda asked: ask_detail(scene, rng, config.world, avoid=asked))
+    conversations = dialogue(turns)
     name = f"synth/detail/{index:07d}.png"
     meta = {"index": index, "scene_id": index, "image_paths": [name], "scene": scene.to_json(),
             "programs": [qa.program for qa in turns], "qa": [dataclasses.asdict(qa) for qa in turns]}  # fmt: skip

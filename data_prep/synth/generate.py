@@ -98,21 +98,34 @@ def align_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> S
     return _sample(index, "align", scene, png, conversations, programs=["describe"])
 
 
-def instruct_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> Sample:
-    """Stage 2: several question programs about one image, as a multi-turn dialogue."""
-    rng = scene_rng(config.seed, "train", index, "instruct")
+def distinct_questions(config: SynthConfig, rng, ask_one) -> list:
+    """Between min_turns and max_turns questions from `ask_one(the questions asked so far)`, none twice; fewer
+    when `ask_one` has nothing new (None)."""
     turns, asked = [], set()
     for _ in range(rng.randint(config.min_turns, config.max_turns)):
-        qa = ask(scene, rng, config.world, tuple(PROGRAMS), avoid=asked)
+        qa = ask_one(asked)
         if qa is None:
             break
         asked.add(qa.question)
         turns.append(qa)
+    return turns
+
+
+def dialogue(turns) -> list[dict]:
+    """The questions and answers as a conversation, the image before the first question."""
     conversations = []
     for position, qa in enumerate(turns):
         text = format_question(qa)
         conversations += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if position == 0 else text},
                           {"from": "gpt", "value": qa.answer}]  # fmt: skip
+    return conversations
+
+
+def instruct_sample(config: SynthConfig, index: int, scene: Scene, png: bytes) -> Sample:
+    """Stage 2: several question programs about one image, as a multi-turn dialogue."""
+    rng = scene_rng(config.seed, "train", index, "instruct")
+    turns = distinct_questions(config, rng, lambda asked: ask(scene, rng, config.world, tuple(PROGRAMS), avoid=asked))
+    conversations = dialogue(turns)
     qa_meta = [dataclasses.asdict(qa) for qa in turns]
     return _sample(index, "instruct", scene, png, conversations, programs=[qa.program for qa in turns], qa=qa_meta)
 
