@@ -118,6 +118,28 @@ def test_the_exported_processor_gives_our_ids_views_and_sizes(exported):
             assert not padded[len(views):].any()
 
 
+def test_the_readme_snippet_with_llava_next_generates_our_tokens(exported, tmp_path, monkeypatch):
+    from PIL import Image
+    from test_llava_chat_flow import QUESTION, readme_snippet
+
+    from mm.chat import stop_token_ids
+
+    model, out = exported
+    (tmp_path / "my_llava_hf").symlink_to(out)
+    pictures([(150, 60)])[0].save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    theirs = {}
+    snippet = readme_snippet().replace("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
+    exec(snippet, theirs)  # noqa: S102  (the README's own code, as test_llava_chat_flow runs it)
+    image = Image.open(tmp_path / "photo.jpg")
+    ids, pixels, sizes = conversation_inputs(model, [{"from": "human", "value": f"<image>\n{QUESTION}"}], [image])
+    assert theirs["inputs"]["input_ids"][0].tolist() == ids
+    ids = torch.tensor([ids])
+    ours = model.generate(ids, torch.ones_like(ids), pixels, max_new_tokens=theirs["new_tokens"].shape[1],
+                          eos_token_id=stop_token_ids(model.tokenizer, model.config.chat_template), image_sizes=sizes)
+    assert torch.equal(theirs["new_tokens"], ours)
+
+
 def test_the_export_loads_back_with_our_logits(exported):
     model, out = exported
     back = mm.load_pretrained(out)
