@@ -24,7 +24,7 @@ import common  # noqa: E402
 from mm.atomic import write_text_atomic  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-SCRIPTS = ("bench_dataload.py", "bench_train_step.py", "bench_eval.py", "bench_prep.py")
+SCRIPTS = ("bench_dataload.py", "bench_train_step.py", "bench_eval.py", "bench_prep.py", "bench_anyres.py")
 CPU_ONLY = ("bench_prep.py",)  # mm-prep is a CPU job: it runs on the CPU whatever --device says
 MD_PATH = common.REPO_ROOT / "BENCHMARKS.md"
 MD_START = "<!-- figures:start (written by bench/run_all.py --write-md) -->"
@@ -100,7 +100,8 @@ def summary_table(outcomes: list[Outcome]) -> str:
     rows = []
     for outcome in outcomes:
         for r in outcome.results:
-            rows.append(f"| {r['bench']} | {r['ratio']} | {r['target']} | {'yes' if r['met'] else '**no**'} | "
+            met = "-" if r["met"] is None else "yes" if r["met"] else "**no**"  # None: a figure without a target
+            rows.append(f"| {r['bench']} | {r['ratio']} | {r['target']} | {met} | "
                         f"{r['device']} | `{r['command']}` |")
         if outcome.status != "ok":
             rows.append(f"| {outcome.script} | - | - | {outcome.status} | - | - |")

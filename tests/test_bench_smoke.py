@@ -12,6 +12,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import bench_anyres  # noqa: E402
 import bench_dataload  # noqa: E402
 import bench_train_step  # noqa: E402
 import common  # noqa: E402
@@ -132,3 +133,34 @@ def test_run_all_passes_the_device_only_to_scripts_that_take_one():
     args = argparse.Namespace(quick=True, device="cuda")
     assert run_all._script_args(args, "bench_train_step.py") == ["--quick", "--device", "cuda"]
     assert run_all._script_args(args, "bench_prep.py") == ["--quick"]  # a CPU job without --device
+
+
+def test_anyres_smallest(capsys):
+    result = bench_anyres.main(["--per-image", "1", "--steps-per-round", "1", "--rounds", "1", "--warmup", "0",
+                                "--text-words", "4"])
+    assert _printed_result(capsys)["ratio"] == result["ratio"]
+    assert 0 < result["ratio"] < 1 and result["single_samples_per_s"] > 0  # more views and tokens: slower
+    next_7b = result["tokens"]["llava-next-7b"]["images"]
+    assert next_7b["COCO photo 640x480"] == {"views": 5, "tokens": 2340}  # 576 + 36 rows x (48 + a newline)
+    assert all(row["views"] <= 5 for row in next_7b.values())  # LLaVA-NeXT's grids hold at most 2 x 2 tiles
+    # The forecast is FlopCounter's formula with every view through the tower and projector, by hand:
+    forecast, text = result["forecast_7b"], result["forecast_7b"]["text_tokens"]
+    llm, projector, tower = (forecast["weights"][k] for k in ("llm", "projector", "tower"))
+
+    def flops(tokens, views):
+        return 6 * llm * (text + tokens) + 6 * projector * views * 576 + 2 * tower * views * 577
+
+    assert forecast["frozen tower"]["COCO photo 640x480"] == pytest.approx(flops(2340, 5) / flops(576, 1), abs=1e-3)
+    assert result["forecast_7b_samples_ratio"] == pytest.approx(1 / forecast["frozen tower"]["all five"], abs=1e-3)
+    assert result["target"] is None and result["met"] is None
+    assert "| anyres | 0." in run_all.summary_table([run_all.Outcome("bench_anyres.py", "ok", [result])])
+    assert "| - |" in run_all.summary_table([run_all.Outcome("bench_anyres.py", "ok", [result])])
+
+
+def test_anyres_onevision_grid_is_transformers_default():
+    from transformers import LlavaOnevisionConfig
+
+    shape = bench_anyres.SHAPES["onevision anyres_max_9"]
+    assert [list(p) for p in shape.grid_pinpoints] == LlavaOnevisionConfig().image_grid_pinpoints
+    assert run_all._script_args(__import__("argparse").Namespace(quick=True, device="cuda"), "bench_anyres.py") == [
+        "--quick", "--device", "cuda"]
