@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_anyres_model import PINPOINTS, anyres_model, conversation_inputs, pictures
 from test_export_safety import one_error_line
-from test_llava_interop import LLAVA_HF_TEMPLATE, positions
+from test_llava_interop import LLAVA_HF_TEMPLATE, positions, write_legacy_layout
 
 import mm
 from mm.anyres import anyres_grid, unpadded_shape
@@ -180,13 +180,16 @@ def save_llava_next(llava, tokenizer, directory, processor_pinpoints=PINPOINTS):
                        chat_template=LLAVA_HF_TEMPLATE).save_pretrained(directory)
 
 
-@pytest.mark.parametrize("vision, llm, overrides", [
-    ("hf_clip", "llama", {}),
-    ("hf_siglip", "qwen2", {"vision_feature_select_strategy": "full", "vision_feature_layer": -1}),
+@pytest.mark.parametrize("vision, llm, overrides, legacy", [
+    ("hf_clip", "llama", {}, False),
+    ("hf_clip", "llama", {}, True),  # weights named as in the published llava-hf/llava-v1.6-* repos
+    ("hf_siglip", "qwen2", {"vision_feature_select_strategy": "full", "vision_feature_layer": -1}, False),
 ])
-def test_llava_hf_next_directory_loads_with_equal_logits(tmp_path, vision, llm, overrides):
+def test_llava_hf_next_directory_loads_with_equal_logits(tmp_path, vision, llm, overrides, legacy):
     llava, tokenizer = tiny_llava_next(vision, llm, seed=2, **overrides)
     save_llava_next(llava, tokenizer, tmp_path)
+    if legacy:
+        write_legacy_layout(tmp_path)
     model = mm.load_pretrained(tmp_path)
     assert model.config.image_transform == "anyres" and model.config.image_grid_pinpoints == PINPOINTS
     assert model.config.chat_template == "vicuna_v1"  # their template reads content lists: LLaVA-1.5's instead
