@@ -139,7 +139,7 @@ def test_anyres_smallest(capsys):
     result = bench_anyres.main(["--per-image", "1", "--steps-per-round", "1", "--rounds", "1", "--warmup", "0",
                                 "--text-words", "4"])
     assert _printed_result(capsys)["ratio"] == result["ratio"]
-    assert 0 < result["ratio"] < 1 and result["single_samples_per_s"] > 0  # more views and tokens: slower
+    assert result["ratio"] > 0 and result["single_samples_per_s"] > 0  # one round, no warmup: not a speed check
     next_7b = result["tokens"]["llava-next-7b"]["images"]
     assert next_7b["COCO photo 640x480"] == {"views": 5, "tokens": 2340}  # 576 + 36 rows x (48 + a newline)
     assert all(row["views"] <= 5 for row in next_7b.values())  # LLaVA-NeXT's grids hold at most 2 x 2 tiles
