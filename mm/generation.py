@@ -7,29 +7,11 @@ from typing import Iterator
 import torch
 
 
-def generate(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    pixel_values: torch.Tensor | None = None,
-    *,
-    max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    eos_token_id: int | list[int] | None = None,
-    use_cache: bool = True,
-    generator: torch.Generator | None = None,
-    image_sizes=None,
-) -> torch.LongTensor:
-    """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS); greedy, or
-    sampling with `temperature` and `top_p` (seeded by `generator`). `image_sizes`: each image's (height,
-    width), which anyres needs beside its views."""
-    steps = list(stream_tokens(
-        model, input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens, do_sample=do_sample,
-        temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
-        image_sizes=image_sizes,
-    ))  # fmt: skip
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
+             **options) -> torch.LongTensor:
+    """Left-padded batch in, `(B, T_new)` new tokens out (pad id after each sample's EOS): `stream_tokens`'
+    steps stacked (`options` are its keywords: greedy or sampled, EOS ids, `image_sizes`, ...)."""
+    steps = list(stream_tokens(model, input_ids, attention_mask, pixel_values, **options))
     return torch.stack(steps, dim=1) if steps else input_ids.new_zeros(input_ids.shape[0], 0)
 
 
@@ -48,7 +30,9 @@ def stream_tokens(
     generator: torch.Generator | None = None,
     image_sizes=None,
 ) -> Iterator[torch.LongTensor]:
-    """`generate`'s steps as they are picked: one `(B,)` tensor of new tokens per step (for streaming)."""
+    """One `(B,)` tensor of new tokens per step, as they are picked (streaming): greedy, or sampling with
+    `temperature` and `top_p` (seeded by `generator`); after a sample's EOS its row gets the pad id.
+    `image_sizes`: each image's (height, width), which anyres needs beside its views."""
     _check_generation_args(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p)
     tokenizer = model.tokenizer
     eos_ids = _eos_ids(eos_token_id, tokenizer)
