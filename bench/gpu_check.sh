@@ -13,8 +13,9 @@
 #    40 s  deepspeed  pip install -e '.[deepspeed]'; optional: if it fails, the DeepSpeed test skips
 #   120 s  gpu_tests  pytest -m gpu: bf16 parity with transformers' Llava, packing == padding (SDPA; flash-
 #                     attention 2 if flash_attn is installed), FSDP and DeepSpeed recipes -> export -> reload
-#   160 s  bench      bench/run_all.py --device cuda --quick --write-md for the three device benchmarks (50 s
-#                     each; bench_prep.py is CPU-only); full sizes would not fit beside the install
+#   160 s  bench      bench/run_all.py --device cuda --quick --write-md for the four device benchmarks (40 s
+#                     each, anyres vs single view among them; bench_prep.py is CPU-only); full sizes would not
+#                     fit beside the install
 #
 # OUT gets 8 files (the most the device tool brings back): one log per step, summary.txt (each step's
 # limit, seconds and outcome), bench.jsonl (run_all's result lines) and figures.md (the figures section that
@@ -75,7 +76,7 @@ STEPS=(
     "install|150|{ test -x $PY || { $MAKE_VENV; }; } && $PIP -e '.[dev]' && $PY -c \"$CUDA_CHECK\""
     "deepspeed|40|$PIP -e '.[deepspeed]' && $PY -c 'import deepspeed; print(\"deepspeed\", deepspeed.__version__)'"
     "gpu_tests|120|$PY -m pytest -m gpu -v -p no:cacheprovider --durations=10"
-    "bench|160|$PY bench/run_all.py --device cuda --quick --only bench_train_step.py bench_eval.py bench_dataload.py --timeout 50 --write-md --json-out '$OUT/bench.jsonl'; status=\$?; sed -n '/<!-- figures:start/,/<!-- figures:end -->/p' BENCHMARKS.md > '$OUT/figures.md'; exit \$status"
+    "bench|160|$PY bench/run_all.py --device cuda --quick --only bench_train_step.py bench_eval.py bench_dataload.py bench_anyres.py --timeout 40 --write-md --json-out '$OUT/bench.jsonl'; status=\$?; sed -n '/<!-- figures:start/,/<!-- figures:end -->/p' BENCHMARKS.md > '$OUT/figures.md'; exit \$status"
 )
 OUTPUTS="preflight.log install.log deepspeed.log gpu_tests.log bench.log summary.txt bench.jsonl figures.md"
 
