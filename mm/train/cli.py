@@ -60,6 +60,9 @@ class MMTrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         run_checkpoints_in_one_folder(self.trainer)
+        # before Trainer.fit: its setup creates every logger's writer (TensorBoard's events file) before the
+        # module's own check in `setup` would run, and a refused run must leave its folder as it was
+        self.model.check_export_dir(self.trainer)
         add_progress_lines(self.trainer)
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":

@@ -292,16 +292,17 @@ class VLMTrainingModule(L.LightningModule):
             check_strategy(self.trainer.strategy, self.policy)  # before configure_model builds anything
             self.check_export_dir()
 
-    def check_export_dir(self) -> None:
-        """Raise ExportTargetError if the export at the end of fit could destroy this run or a user's files."""
-        trainer = self.trainer
+    def check_export_dir(self, trainer=None) -> None:
+        """Raise ExportTargetError if the export at the end of fit could destroy this run or a user's files
+        (`trainer`: the one about to fit this module, before it is attached)."""
+        trainer = trainer or self.trainer
         sources = [trainer.default_root_dir, trainer.log_dir, self.policy.init_from, self.policy.init_projector_from,
                    *(callback.dirpath for callback in trainer.checkpoint_callbacks)]
-        check_export_target(self._export_path(), sources=sources, overwrite=self.overwrite_export,
+        check_export_target(self._export_path(trainer), sources=sources, overwrite=self.overwrite_export,
                             option="--model.overwrite_export true")
 
-    def _export_path(self) -> Path:
-        return Path(self.export_dir or Path(self.trainer.default_root_dir) / "export")
+    def _export_path(self, trainer=None) -> Path:
+        return Path(self.export_dir or Path((trainer or self.trainer).default_root_dir) / "export")
 
     def on_fit_end(self) -> None:
         if self.trainer.interrupted:
