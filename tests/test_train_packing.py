@@ -10,7 +10,7 @@ from mm.data.samples import SampleDecoder
 from mm.tiny import tiny_vlm_config
 from mm.train.module import VLMTrainingModule
 from mm.train.policy import TrainingPolicy
-from train_helpers import caption_record
+from train_helpers import COLORS, caption_record, png_bytes
 
 TEXTS = ["A red square.", "A small green square on a plain background, seen from above.", "Blue.",
          "A yellow square in the middle."]
@@ -18,9 +18,13 @@ TEXTS = ["A red square.", "A small green square on a plain background, seen from
 
 def samples_for(module):
     vlm = module.vlm
-    decoder = SampleDecoder(vlm.tokenizer, "vicuna_v1", vlm.tokens_per_image, module.image_transform)
+    decoder = SampleDecoder(vlm.tokenizer, "vicuna_v1", vlm.image_tokens, vlm.make_image_transform())
     colors = ["red", "green", "blue", "yellow"]
-    return [decoder({"__key__": f"k{i}", **caption_record(f"k{i}", colors[i], text=t)}) for i, t in enumerate(TEXTS)]
+    sizes = [(12, 8), (40, 90), (200, 60), (64, 64)]  # (width, height): under anyres each its own tiling
+    records = [caption_record(f"k{i}", colors[i], text=t) for i, t in enumerate(TEXTS)]
+    for record, color, size in zip(records, colors, sizes):
+        record["img0.png"] = png_bytes(COLORS[color], size)
+    return [decoder({"__key__": f"k{i}", **record}) for i, record in enumerate(records)]
 
 
 def loss_and_grads(module, batch):
@@ -31,13 +35,19 @@ def loss_and_grads(module, batch):
     return loss_sum.detach(), grads
 
 
-@pytest.mark.parametrize("llm,attention", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
-def test_packed_equals_padded(llm, attention):
-    config = tiny_vlm_config(llm=llm)
+ANYRES = {"image_transform": "anyres", "image_grid_pinpoints": [[64, 128], [128, 64], [128, 128]]}
+
+
+@pytest.mark.parametrize("llm,attention,images", [("llama", "sdpa", {}), ("llama", "eager", {}), ("qwen2", "sdpa", {}),
+                                                   ("llama", "sdpa", ANYRES)])  # fmt: skip
+def test_packed_equals_padded(llm, attention, images):
+    config = tiny_vlm_config(llm=llm, **images)
     config.llm.attn_implementation = attention
     module = VLMTrainingModule(config, TrainingPolicy(stage="full"))
     module.configure_model()
     samples = samples_for(module)
+    if images:  # different tilings, so different placeholder counts per image
+        assert len({sample.input_ids.count(module.vlm.image_token_id) for sample in samples}) == 4
     pad_id = module.vlm.tokenizer.pad_token_id
     width = sum(map(len, samples[:3]))
     packed = pack(samples, pad_id, max_length=width)
