@@ -106,9 +106,11 @@ def cmd_synth(args: argparse.Namespace) -> None:
         image_size=args.image_size, grid=args.grid, shapes=tuple(args.shapes.split(",")),
         colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
     )  # fmt: skip
-    if not args.detail and (args.num_detail_train is not None or args.num_detail_eval is not None):
-        raise ValueError("--num-detail-train and --num-detail-eval need --detail")
-    detail = DetailConfig(num_train=args.num_detail_train, num_eval=args.num_detail_eval) if args.detail else None
+    if not args.detail and (args.num_detail_train is not None or args.num_detail_eval is not None
+                            or args.detail_object_px is not None):
+        raise ValueError("--num-detail-train, --num-detail-eval and --detail-object-px need --detail")
+    sizes = {} if args.detail_object_px is None else {"object_px": tuple(args.detail_object_px)}
+    detail = DetailConfig(num_train=args.num_detail_train, num_eval=args.num_detail_eval, **sizes) if args.detail else None
     config = SynthConfig(num_train=args.num_train, num_eval=args.num_eval, seed=args.seed, world=world,
                          min_turns=args.min_turns, max_turns=args.max_turns, ifeval=not args.no_ifeval, noise=args.noise,
                          pref=not args.no_pref, detail=detail)  # fmt: skip
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "192-384 px images of several aspect ratios with objects below a pixel at a 64-px view")
     synth.add_argument("--num-detail-train", type=int, default=None, help="detail training scenes (default: --num-train)")
     synth.add_argument("--num-detail-eval", type=int, default=None, help="detail evaluation scenes (default: --num-eval)")
+    synth.add_argument("--detail-object-px", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                       help="detail objects' size range in pixels of the 64-px view (default 0.7 1.0)")
     _add_shard_options(synth, samples_per_shard=500)
     synth.set_defaults(run=cmd_synth)
 

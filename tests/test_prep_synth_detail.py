@@ -219,7 +219,19 @@ def test_same_seed_same_bytes_other_seed_other_data(detail_dir, tmp_path):
 
 def test_detail_counts_need_the_flag(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), *ARGS, "--num-detail-eval", "5"]) == 1
-    assert "--num-detail-eval need --detail" in capsys.readouterr().err
+    assert "--num-detail-eval and --detail-object-px need --detail" in capsys.readouterr().err
+
+
+def test_object_size_is_a_knob(tmp_path):
+    out = synth(tmp_path / "big", "--detail", "--num-detail-train", "6", "--num-detail-eval", "6",
+                "--detail-object-px", "2.0", "2.5")
+    sizes = []
+    for sample in iter_samples(out / "detail"):
+        meta = sample.record["meta"]
+        scene = meta["scene"] if "scene" in meta else meta["record_extra"]["scene"]
+        unit = max(scene["width"], scene["height"]) / 64
+        sizes += [obj["size"] / unit for obj in scene["objects"]]
+    assert sizes and all(1.95 <= size <= 2.55 for size in sizes), sizes
 
 
 def write_detail_split(root: Path) -> None:

@@ -12,7 +12,8 @@
 # 300), ANYRES_MAX_STEPS (cut every stage short; default: the recipes' epochs), ANYRES_PINPOINTS (the anyres
 # grids, [height, width] multiples of the tower's 64 px), ANYRES_TRAIN_ARGS (more mm-train options for all
 # stages), ANYRES_SINGLE_STAGE1 (a single-view stage-1 export to reuse, e.g. demo_out/stage1/export: the demo's
-# captions are the same data, so with the same seed and steps it is the same model).
+# captions are the same data, so with the same seed and steps it is the same model), ANYRES_DETAIL_ARGS (more
+# mm-prep synth options for the detail split, e.g. "--detail-object-px 1.5 2.0": larger objects).
 set -euo pipefail
 
 DIR="${1:-anyres_out}"
@@ -25,6 +26,7 @@ MAX_STEPS="${ANYRES_MAX_STEPS:--1}"
 # the detail images' long side (192-384 px) lands on 192 px, three times the single view, whatever their shape.
 PINPOINTS="${ANYRES_PINPOINTS:-[[64,128],[128,64],[128,128],[64,192],[192,64],[128,192],[192,128],[192,192]]}"
 read -r -a TRAIN_ARGS <<< "${ANYRES_TRAIN_ARGS:-}"
+read -r -a DETAIL_ARGS <<< "${ANYRES_DETAIL_ARGS:-}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."  # the configs name the tiny model's assets relative to the repository root
 mkdir -p "$DIR"
@@ -35,7 +37,7 @@ source configs/demo/common.sh
 if [ ! -f "$DIR/synth/synth.json" ]; then
   stamp "mm-prep synth --detail -> $DIR/synth"
   mm-prep synth --out "$DIR/synth" --num-train "$NUM_TRAIN" --num-eval "$NUM_EVAL" --max-objects 2 --detail \
-    --num-detail-train "$NUM_DETAIL" --num-detail-eval "$NUM_EVAL" --no-ifeval --no-pref --no-progress
+    --num-detail-train "$NUM_DETAIL" --num-detail-eval "$NUM_EVAL" --no-ifeval --no-pref --no-progress "${DETAIL_ARGS[@]}"
 elif [ ! -f "$DIR/synth/eval/detail/questions.json" ]; then
   echo "demo-anyres: $DIR/synth has no detail split (made without --detail): remove $DIR/synth and rerun" >&2
   exit 1
