@@ -342,7 +342,8 @@ def test_mmvet_grader_request_retry_variant_and_aggregation(tmp_path, stub_facto
     out = tmp_path / "out"
     assert score_mmvet(root, predictions, out, stub) == 0
     bodies = [body for _, body in stub.requests]
-    first = next(b for b in bodies if "x = -1" in b["messages"][0]["content"])
+    # the grader's few-shot examples hold "x = -1" too: the request is the one whose own row ends with it
+    first = next(b for b in bodies if b["messages"][0]["content"].endswith("| x = -1 | "))
     assert first["messages"] == [{"role": "user", "content":
                                   mv.GRADER_PROMPT + "\nQuestion v1_0? | -1 <AND> -5 | x = -1 | "}]
     assert first["temperature"] == 0 and first["max_tokens"] == 3
