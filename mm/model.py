@@ -115,14 +115,14 @@ class VisionLanguageModel(nn.Module):
         features = self.encode_images(pixel_values)
         if not self.is_anyres:
             return features.reshape(-1, features.shape[-1])
-        views = [1 + rows * cols for rows, cols in (anyres_grid(tuple(int(v) for v in size),
-                 self.config.image_grid_pinpoints, self.vision_tower.image_size) for size in image_sizes)]  # fmt: skip
+        image_sizes = _size_list(image_sizes)
+        pinpoints, tile = self.config.image_grid_pinpoints, self.vision_tower.image_size
+        views = [1 + rows * cols for rows, cols in (anyres_grid(size, pinpoints, tile) for size in image_sizes)]
         if sum(views) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} views were given for {len(views)} image(s) that make {sum(views)}")
         newline = self.projector.image_newline.to(features.dtype)
         packed = [
-            pack_anyres_features(part, tuple(int(v) for v in size), self.config.image_grid_pinpoints,
-                                 self.vision_tower.image_size, newline, self.config.anyres_max_tiles)
+            pack_anyres_features(part, size, pinpoints, tile, newline, self.config.anyres_max_tiles)
             for part, size in zip(features.split(views), image_sizes)
         ]  # fmt: skip
         return torch.cat(packed)
@@ -138,6 +138,7 @@ class VisionLanguageModel(nn.Module):
         elif self.is_anyres:
             if image_sizes is None:
                 raise ValueError("anyres needs image_sizes: each image's (height, width) beside its views")
+            image_sizes = _size_list(image_sizes)
             counts = self.image_tokens.counts(image_sizes)
         else:
             counts = [self.tokens_per_image] * pixel_values.shape[0]
@@ -254,6 +255,12 @@ def _loss_denominator(labelled: torch.Tensor, num_items_in_batch: int | torch.Te
         # No labelled token gives 0, not NaN: a fully-masked batch contributes nothing.
         return labelled.sum().clamp(min=1)
     return torch.as_tensor(num_items_in_batch, device=labelled.device)
+
+
+def _size_list(image_sizes) -> list[tuple[int, int]]:
+    """(height, width) pairs as Python ints: one device-to-host copy for a tensor, not one per element."""
+    rows = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else image_sizes
+    return [(int(height), int(width)) for height, width in rows]
 
 
 def _count_summary(counts: Sequence[int]) -> str:
