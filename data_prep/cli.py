@@ -12,6 +12,7 @@ from data_prep.convert import ConversionInterrupted, ConvertOptions, ConvertResu
 from data_prep.images import CHECK_MODES
 from data_prep.records import SHORT_ANSWER_SUFFIX
 from data_prep.score import add_score_command
+from mm.cli_errors import run_cli
 
 
 def _default_workers() -> int:
@@ -230,13 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = list(sys.argv) if argv is None else ["mm-prep", *argv]
-    try:
-        args.run(args)
-    except (OutputDirError, ConversionInterrupted, FileNotFoundError, ValueError) as error:  # a message, not a traceback
-        print(f"mm-prep {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
+    def run() -> int:
+        args.run(args)
+        return 0
+
+    return run_cli(f"mm-prep {args.command}", run,
+                   bad_input=(OutputDirError, ConversionInterrupted, FileNotFoundError, ValueError))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ from eval.distributed import Ranks, init_process_group
 from eval.predictions import PredictionFileError
 from eval.tasks import TASKS, UnknownTaskError, get_task
 from eval.tasks.base import TaskDataError, flag
+from mm.cli_errors import run_cli
 from mm.hub import CheckpointNotFound
 
 log = logging.getLogger("mm-eval")
@@ -182,14 +183,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def run() -> int:
         args = build_parser(argv).parse_args(argv)
         args.func(args)
-    except (TaskDataError, PredictionFileError, UnknownTaskError, CheckpointNotFound) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mm-eval: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("mm-eval", run, bad_input=(TaskDataError, PredictionFileError, UnknownTaskError, CheckpointNotFound))
 
 
 if __name__ == "__main__":

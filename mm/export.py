@@ -7,6 +7,7 @@ import argparse
 import sys
 
 import mm
+from mm.cli_errors import run_cli
 from mm.export_target import ExportTargetError, check_export_target
 
 FORMATS = {  # subcommand -> (mm.llava exporter, help)
@@ -35,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_cli("mm-export", lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
     from mm import llava  # torch and transformers: not for --help or a refusal
 
     try:  # before loading: a refused folder should not cost a model load

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm.atomic import write_bytes_atomic
+from mm.cli_errors import run_cli
 
 LOSS, THROUGHPUT = "train/loss", "throughput/tokens_per_s"
 PANELS = (("loss", "train loss"), ("lr", "learning rate (largest group)"), ("throughput", "tokens / s"))
@@ -153,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def plot() -> int:
         save_png(draw(load_runs(args.run_dirs)), args.out)
-    except PlotError as error:
-        print(f"mm-plot: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
+        print(f"wrote {args.out}")
+        return 0
+
+    return run_cli("mm-plot", plot, bad_input=(PlotError,))
 
 
 if __name__ == "__main__":

@@ -124,8 +124,10 @@ def test_resume_after_crash_mid_run(setup, reference, monkeypatch):
         return real(self, batch, pixels, *rest)
 
     monkeypatch.setattr(runner.Generator, "answer", crash_on_third_batch)
+    monkeypatch.setenv("MM_DEBUG", "1")  # the simulated crash raised as it is, not turned into one line
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(setup, out, "--batch-size", "2")
+    monkeypatch.delenv("MM_DEBUG")
     assert len(_answers(out)) == 4  # two batches landed before the crash
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     monkeypatch.setattr(runner.Generator, "answer", real)

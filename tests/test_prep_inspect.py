@@ -54,7 +54,7 @@ def test_inspect_counts_and_contact_sheet(tmp_path, capsys):
 
 
 def test_inspect_missing_directory(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope")]) == 1
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
 
 
@@ -91,7 +91,7 @@ def test_inspect_names_a_truncated_shard(tmp_path, capsys, cut):
     # header boundary reads as a shorter, complete-looking tar (only the manifest's count tells).
     size = 512 + 512 + 300 if cut == "mid_member" else 3 * 1024
     shard.write_bytes(data[:size])
-    assert main(["inspect", str(out)]) == 1
+    assert main(["inspect", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"mm-prep inspect: error: {shard}: ") and "truncated" in err and len(err.splitlines()) == 1
 
@@ -123,15 +123,15 @@ def test_inspect_names_a_shard_without_manifest_cut_at_a_header_boundary(tmp_pat
     shard = tmp_path / "a.tar"
     data = _tar(shard, [record] * 3)
     shard.write_bytes(data[: 2 * 1536])  # 2 whole samples (header + 1024 bytes each), no end-of-archive blocks
-    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {shard}: cannot read the shard, truncated or "
+    assert _inspect_error(str(tmp_path)) == (2, f"mm-prep inspect: error: {shard}: cannot read the shard, truncated or "
                                                 "corrupt? (no end-of-archive blocks after its last readable member)\n")
 
 
 def test_inspect_a_folder_without_shards_and_a_sample_of_another_shape(tmp_path):
-    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {tmp_path}: no shards here "
+    assert _inspect_error(str(tmp_path)) == (2, f"mm-prep inspect: error: {tmp_path}: no shards here "
                                                 "(no manifest.json, no *.tar)\n")
     _tar(tmp_path / "a.tar", [{"id": 1, "text": "no conversations"}])
-    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {tmp_path / 'a.tar'}: cannot read the shard, "
+    assert _inspect_error(str(tmp_path)) == (2, f"mm-prep inspect: error: {tmp_path / 'a.tar'}: cannot read the shard, "
                                                 "truncated or corrupt? (sample '0000': its .json is not a record with "
                                                 "`conversations` [{from, value}, ...])\n")
 
@@ -139,11 +139,11 @@ def test_inspect_a_folder_without_shards_and_a_sample_of_another_shape(tmp_path)
 def test_inspect_dump_out_that_is_a_folder(tmp_path):
     _tar(tmp_path / "a.tar", [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
     assert _inspect_error(str(tmp_path), "--dump", "1", "--dump-out", str(tmp_path)) == \
-        (1, f"mm-prep inspect: error: --dump-out {tmp_path}: cannot write the contact sheet (Is a directory)\n")
+        (2, f"mm-prep inspect: error: --dump-out {tmp_path}: cannot write the contact sheet (Is a directory)\n")
 
 
 def test_inspect_names_the_manifest_entry_without_a_sample_count(tmp_path):
     _tar(tmp_path / "a.tar", [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"name": "a.tar"}]}))
-    assert _inspect_error(str(tmp_path)) == (1, f"mm-prep inspect: error: {tmp_path / 'manifest.json'}: shards entry 1 "
+    assert _inspect_error(str(tmp_path)) == (2, f"mm-prep inspect: error: {tmp_path / 'manifest.json'}: shards entry 1 "
                                                 "(a.tar): `num_samples` must be a whole number >= 0, got nothing\n")

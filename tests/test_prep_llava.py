@@ -363,12 +363,12 @@ def test_resume_after_sigkill_of_the_real_command(tmp_path):
 def test_unreadable_annotation_files_are_clear_errors(tmp_path, capsys):
     lines = tmp_path / "lines.json"
     lines.write_text(json.dumps(GOOD[0]) + "\n" + json.dumps(GOOD[0]) + "\n")
-    assert main(["llava", "--annotations", str(lines), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["llava", "--annotations", str(lines), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "must be named *.jsonl" in capsys.readouterr().err
     (tmp_path / "obj.json").write_text(json.dumps({"data": []}))
-    assert main(["llava", "--annotations", str(tmp_path / "obj.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["llava", "--annotations", str(tmp_path / "obj.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "expected a JSON list" in capsys.readouterr().err
-    assert main(["llava", "--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["llava", "--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "No such file" in capsys.readouterr().err
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD[0]]).encode())
@@ -442,7 +442,7 @@ def test_bad_text_is_rejected_per_record_naming_the_line(tmp_path):
 
 def test_a_json_list_file_that_is_not_utf8_is_an_error_naming_it(tmp_path, capsys):
     (tmp_path / "latin.json").write_bytes(b'[{"id": "caf\xe9"}]')
-    assert _prep(tmp_path / "latin.json", tmp_path, tmp_path / "out") == 1
+    assert _prep(tmp_path / "latin.json", tmp_path, tmp_path / "out") == 2
     assert f"{tmp_path / 'latin.json'}: not UTF-8 at byte 12" in capsys.readouterr().err
 
 

@@ -239,10 +239,10 @@ def test_vlfeedback_parquet_and_struct_of_lists(tmp_path):
 
 
 def test_unreadable_input_is_a_one_line_error(tmp_path, capsys):
-    assert main(["pref", "--annotations", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["pref", "--annotations", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "mm-prep pref: error:" in capsys.readouterr().err
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet")
     pytest.importorskip("pyarrow")
-    assert main(["pref", "--annotations", str(bad), "--format", "rlhf-v", "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["pref", "--annotations", str(bad), "--format", "rlhf-v", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "not a parquet file" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def test_clip_weights_are_loaded_safely(clip_setup, tmp_path, capsys):
                           (tmp_path / "missing.safetensors", "no such file")]:  # fmt: skip
         argv = ["score", str(shards), "--metrics", "clip", "--clip-model", str(config), "--clip-pretrained", str(path),
                 "--out", str(tmp_path / "s.jsonl"), "--no-progress"]  # fmt: skip
-        assert main(argv) == 1
+        assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("mm-prep score: error: ") and message in err[0], err
     assert not list(tmp_path.glob("s.jsonl*"))
@@ -89,7 +89,7 @@ def test_clip_weights_are_loaded_safely(clip_setup, tmp_path, capsys):
 def test_unknown_clip_model_or_tag(clip_setup, tmp_path, capsys):
     _, shards, *_ = clip_setup
     base = ["score", str(shards), "--metrics", "clip", "--out", str(tmp_path / "s.jsonl"), "--no-progress"]
-    assert main([*base, "--clip-model", "no-such-clip", "--clip-pretrained", "openai"]) == 1
+    assert main([*base, "--clip-model", "no-such-clip", "--clip-pretrained", "openai"]) == 2
     assert "is not an open_clip model" in capsys.readouterr().err
-    assert main([*base, "--clip-model", "ViT-B-32", "--clip-pretrained", "no_such_tag"]) == 1
+    assert main([*base, "--clip-model", "ViT-B-32", "--clip-pretrained", "no_such_tag"]) == 2
     assert "neither a file nor a pretrained tag of ViT-B-32 (tags: openai" in capsys.readouterr().err

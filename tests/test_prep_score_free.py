@@ -185,6 +185,7 @@ def test_resume_after_injected_error(shards, tmp_path, monkeypatch):
         return real(scorers, batch)
 
     monkeypatch.setattr(runner, "score_batch", failing)
+    monkeypatch.setenv("MM_DEBUG", "1")  # the injected bug raised as it is, not turned into one line
     with pytest.raises(Boom):
         main(["score", str(shards), "--out", str(out), "--no-progress", "--metrics", "phash,length", "--batch-size", "3"])
     partial = tmp_path / "scores.jsonl.partial"
@@ -198,8 +199,9 @@ def test_resume_after_injected_error(shards, tmp_path, monkeypatch):
         return real(scorers, batch)
 
     monkeypatch.setattr(runner, "score_batch", counting)
+    monkeypatch.delenv("MM_DEBUG")
     # other settings over leftover partial results: refused
-    assert main(["score", str(shards), "--out", str(out), "--no-progress", "--metrics", "phash"]) == 1
+    assert main(["score", str(shards), "--out", str(out), "--no-progress", "--metrics", "phash"]) == 2
     _score(shards, out, "--metrics", "phash,length", "--batch-size", "3")
     assert sorted(resumed) == sorted(set(read_scores(reference)) - set(scored_keys))  # nothing scored twice
     assert read_scores(out) == read_scores(reference)
@@ -294,13 +296,13 @@ def test_two_gloo_ranks(shards, tmp_path):
     (["--metrics", "phash", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])  # fmt: skip
 def test_bad_input_is_one_error_line(shards, tmp_path, capsys, argv, message):
-    assert main(["score", str(shards), "--out", str(tmp_path / "s.jsonl"), *argv]) == 1
+    assert main(["score", str(shards), "--out", str(tmp_path / "s.jsonl"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mm-prep score: error: ") and message in err[0]
 
 
 def test_missing_shards_and_bad_out(tmp_path, shards, capsys):
-    assert main(["score", str(tmp_path / "nope"), "--out", str(tmp_path / "s.jsonl"), "--metrics", "phash"]) == 1
+    assert main(["score", str(tmp_path / "nope"), "--out", str(tmp_path / "s.jsonl"), "--metrics", "phash"]) == 2
     assert "mm-prep score: error:" in capsys.readouterr().err
-    assert main(["score", str(shards), "--out", str(tmp_path), "--metrics", "phash"]) == 1
+    assert main(["score", str(shards), "--out", str(tmp_path), "--metrics", "phash"]) == 2
     assert "is a folder" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_scores_positional_and_metric_choice(scored, tmp_path, capsys):
 ])  # fmt: skip
 def test_inspect_score_errors(scored, tmp_path, capsys, options, message):
     shards, scores, _ = scored
-    assert main(["inspect", str(shards), "--scores", str(scores), "--out", str(tmp_path / "r"), *options]) == 1
+    assert main(["inspect", str(shards), "--scores", str(scores), "--out", str(tmp_path / "r"), *options]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mm-prep inspect: error: ") and message in err, err
 
@@ -87,5 +87,5 @@ def test_scores_of_other_shards(scored, tmp_path, capsys):
     shards, scores, _ = scored
     other = tmp_path / "other.jsonl"
     other.write_text(scores.read_text() + json.dumps({"key": "ghost", "ifd": 9.0}) + "\n")
-    assert main(["inspect", str(shards), "--scores", str(other), "--out", str(tmp_path / "r")]) == 1
+    assert main(["inspect", str(shards), "--scores", str(other), "--out", str(tmp_path / "r")]) == 2
     assert "1 scored samples are not in the shards" in capsys.readouterr().err

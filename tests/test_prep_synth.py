@@ -264,7 +264,7 @@ def test_deterministic_and_disjoint(synth_dir, tmp_path):
 
 
 def test_invalid_world_is_a_clear_error(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path), "--shapes", "circle,hexagon", "--no-progress"]) == 1
+    assert main(["synth", "--out", str(tmp_path), "--shapes", "circle,hexagon", "--no-progress"]) == 2
     assert "valid shapes are circle, square, triangle, diamond" in capsys.readouterr().err
 
 

@@ -218,7 +218,7 @@ def test_same_seed_same_bytes_other_seed_other_data(detail_dir, tmp_path):
 
 
 def test_detail_counts_need_the_flag(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path), *ARGS, "--num-detail-eval", "5"]) == 1
+    assert main(["synth", "--out", str(tmp_path), *ARGS, "--num-detail-eval", "5"]) == 2
     assert "--num-detail-eval and --detail-object-px need --detail" in capsys.readouterr().err
 
 

@@ -115,11 +115,11 @@ def test_pool_choice_is_deterministic(vqa, tmp_path):
 def test_bad_layout_and_pattern_are_clear_errors(vqa, tmp_path, capsys):
     qpath, apath, images = vqa
     args = ["vqa", "--questions", str(apath), "--annotations", str(apath), "--image-root", str(images), "--out", str(tmp_path / "o")]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "expected an object with a 'questions' list" in capsys.readouterr().err
     args = ["vqa", "--questions", str(qpath), "--annotations", str(apath), "--image-root", str(images),
             "--image-pattern", "{nope}.jpg", "--out", str(tmp_path / "o")]  # fmt: skip
-    assert main(args) == 1
+    assert main(args) == 2
     assert "cannot be formatted" in capsys.readouterr().err
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from mm.cli_errors import run_cli
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
@@ -132,13 +133,15 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
 
 
 def main(args=None) -> None:
-    try:
+    # a mistake in the data, strategy, export or resume options: one line, no traceback, rc 2 (mm.cli_errors)
+    def fit_or_other_subcommand() -> int:
         make_cli(args)
-    except (ShardSourceError, UnsupportedStrategy, ExportTargetError, CheckpointMismatch) as error:
-        # a mistake in the data, strategy, export or resume options, found before training: one line, no
-        # traceback, rc 2 like the other CLIs' usage errors
-        print(f"mm-train: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 0
+
+    status = run_cli("mm-train", fit_or_other_subcommand,
+                     bad_input=(ShardSourceError, UnsupportedStrategy, ExportTargetError, CheckpointMismatch))
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""How every mm command ends on bad input: one line on stderr naming the file or option, exit status 2.
+
+A traceback is for bugs, not for a user's mistake. Each CLI runs its body through `run_cli`, naming the error
+types that mean "the input is wrong" (they, and `BadInput`, become one line and status 2). Anything else is a
+bug or the environment failing: one line saying so and status 1. With `MM_DEBUG=1` in the environment both are
+raised as they are, traceback and all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+DEBUG_ENV = "MM_DEBUG"
+BAD_INPUT_STATUS = 2
+UNEXPECTED_STATUS = 1
+
+
+class BadInput(ValueError):
+    """Input the user can fix (a file, an option, a folder): the message says which and what is wrong."""
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(error: BaseException | str) -> str:
+    """The message on one line: a library's multi-line message joined, a KeyError's quotes dropped."""
+    if isinstance(error, KeyError) and error.args:
+        error = str(error.args[0])
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def run_cli(prog: str, body: Callable[[], int | None], *, bad_input: tuple[type[BaseException], ...] = ()) -> int:
+    """Run `body` (a CLI's work, returning its exit status) so that no error ends it with a traceback."""
+    try:
+        return body() or 0
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (BadInput, *bad_input) as error:
+        if debugging():
+            raise
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return BAD_INPUT_STATUS
+    except Exception as error:  # noqa: BLE001 - the last line of defence: a bug still gets one line
+        if debugging():
+            raise
+        print(f"{prog}: internal error: {type(error).__name__}: {one_line(error)} "
+              f"(set {DEBUG_ENV}=1 for the traceback and please report it)", file=sys.stderr)
+        return UNEXPECTED_STATUS

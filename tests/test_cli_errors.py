@@ -1,0 +1,45 @@
+"""mm.cli_errors: the one-line, status-2 contract every CLI runs through."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm.cli_errors import BadInput, run_cli
+
+
+def _raise(error: BaseException):
+    def body():
+        raise error
+
+    return body
+
+
+def test_bad_input_is_one_line_status_2(capsys):
+    assert run_cli("mm-x", _raise(BadInput("file a.json: line 3\n  is not JSON"))) == 2
+    assert capsys.readouterr().err == "mm-x: error: file a.json: line 3; is not JSON\n"
+
+
+def test_named_error_types_count_as_bad_input(capsys):
+    assert run_cli("mm-x", _raise(KeyError("no task 'foo'")), bad_input=(KeyError,)) == 2
+    assert capsys.readouterr().err == "mm-x: error: no task 'foo'\n"
+
+
+def test_a_bug_is_one_line_status_1_pointing_at_the_debug_variable(capsys):
+    assert run_cli("mm-x", _raise(ZeroDivisionError("division by zero"))) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ZeroDivisionError" in err and "MM_DEBUG=1" in err
+
+
+def test_debug_variable_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("MM_DEBUG", "1")
+    with pytest.raises(BadInput):
+        run_cli("mm-x", _raise(BadInput("x")))
+    with pytest.raises(ZeroDivisionError):
+        run_cli("mm-x", _raise(ZeroDivisionError()))
+
+
+def test_status_and_interrupt(capsys):
+    assert run_cli("mm-x", lambda: 3) == 3
+    assert run_cli("mm-x", lambda: None) == 0
+    assert run_cli("mm-x", _raise(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "mm-x: interrupted\n"
