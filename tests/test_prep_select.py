@@ -355,15 +355,15 @@ def test_rerun_needs_overwrite(synth, scored, tmp_path, capsys):
     out = tmp_path / "sel"
     assert select(capsys, synth, scores, out, "--random", "0.5")[0] == 0
     code, err = select(capsys, synth, scores, out, "--random", "0.25")
-    assert code == 1 and "is not empty" in err and "--overwrite" in err
+    assert code == 2 and "is not empty" in err and "--overwrite" in err
     assert len(keys_of(out)) == 10
     assert select(capsys, synth, scores, out, "--random", "0.25", "--overwrite")[0] == 0
     assert len(keys_of(out)) == 5 and len(list(out.glob("shard-*.tar"))) == 2
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    assert select(capsys, synth, scores, tmp_path / "busy", "--random", "0.5")[0] == 1
+    assert select(capsys, synth, scores, tmp_path / "busy", "--random", "0.5")[0] == 2
     code, err = select(capsys, synth, scores, synth, "--random", "0.5", "--overwrite")
-    assert code == 1 and "being selected from" in err and len(keys_of(synth)) == N
+    assert code == 2 and "being selected from" in err and len(keys_of(synth)) == N
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -398,7 +398,7 @@ def test_rerun_needs_overwrite(synth, scored, tmp_path, capsys):
 def test_rule_errors(synth, scored, tmp_path, capsys, options, message):
     scores, _ = scored
     code, err = select(capsys, synth, scores, tmp_path / "o", *options)
-    assert code == 1
+    assert code == 2
     assert err.startswith("mm-prep select: error: ") and err.count("\n") == 1, err
     assert message in err, err
     assert not (tmp_path / "o").exists()
@@ -419,8 +419,8 @@ def test_scores_that_do_not_match_the_shards(synth, scored, tmp_path, capsys):
         path = tmp_path / f"{name}.jsonl"
         path.write_text("\n".join(content) + "\n")
         code, err = select(capsys, synth, path, tmp_path / name, "--random", "0.5")
-        assert code == 1 and err.startswith("mm-prep select: error: ") and err.count("\n") == 1, (name, err)
+        assert code == 2 and err.startswith("mm-prep select: error: ") and err.count("\n") == 1, (name, err)
         assert re.search(pattern, err), (name, err)
         assert not (tmp_path / name).exists()
     code, err = select(capsys, synth, tmp_path / "absent.jsonl", tmp_path / "o", "--random", "0.5")
-    assert code == 1 and "absent.jsonl not found" in err
+    assert code == 2 and "absent.jsonl not found" in err
