@@ -33,8 +33,8 @@ from typing import Any
 
 from data_prep.llava import _image_paths, iter_annotations
 from data_prep.records import (
-    IMAGE_TOKEN, MALFORMED_RECORD, MISSING_IMAGE, ImageRef, RecordError, Rejection, Sample, check_conversation,
-    check_text, image_path,
+    IMAGE_TOKEN, MALFORMED_RECORD, MAX_RECORD_DEPTH, MISSING_IMAGE, ImageRef, RecordError, Rejection, Sample,
+    check_conversation, check_depth, check_text, image_path,
 )  # fmt: skip
 
 # Rejection reasons of preference records (besides the records module's and mm.chat's).
@@ -194,6 +194,9 @@ def parse_rlhf_v(record: dict, index: int, image_root: str, source: str, allow_o
             pair = json.loads(pair)
         except json.JSONDecodeError as error:
             raise RecordError(MALFORMED_RECORD, f"'text' is not JSON: {error}") from None
+        except RecursionError:
+            raise RecordError(MALFORMED_RECORD, f"'text' is nested deeper than {MAX_RECORD_DEPTH} levels") from None
+        check_depth(pair, "'text'")
     if not isinstance(pair, dict) or not {"question", "chosen", "rejected"} <= pair.keys():
         raise RecordError(MALFORMED_RECORD, "need 'text' = {'question', 'chosen', 'rejected'} (or those columns)")
     images = [_image(_given_image(record, record.get("image_path")), image_root, allow_outside_root, f"{record_id}.jpg")]
@@ -263,6 +266,7 @@ def load_pref(annotations: str | Path, image_root: str | Path, source: str, fmt:
         try:
             if error is not None:
                 raise error
+            check_depth(record, where)  # parquet rows: JSON records were checked as they were read
             check_text(record, where)
             if not isinstance(record, dict):
                 raise RecordError(MALFORMED_RECORD, f"record is a {type(record).__name__}, not an object")

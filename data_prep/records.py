@@ -114,6 +114,32 @@ def check_conversation(conversations: Any, num_images: int, *, prompt: bool = Fa
         raise RecordError(error.reason, error.detail) from None
 
 
+MAX_RECORD_DEPTH = 64
+"""Deepest nesting of lists and objects a record may have (a LLaVA record needs 4): deeper ones are rejected
+before anything walks them recursively (Python's JSON reader and writer stop near 1,000 levels)."""
+
+
+def nesting_depth(value: Any, limit: int = MAX_RECORD_DEPTH) -> int:
+    """How deep lists and objects nest in `value`, counted without recursion and only up to `limit + 1`."""
+    if not isinstance(value, (list, dict)):
+        return 0
+    deepest, stack = 1, [(value, 1)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        nested = [child for child in children if isinstance(child, (list, dict))]
+        if nested:
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in nested)
+    return deepest
+
+
+def check_depth(value: Any, where: str = "record") -> None:
+    """Raise `RecordError(MALFORMED_RECORD)` if `value` nests deeper than MAX_RECORD_DEPTH."""
+    if nesting_depth(value) > MAX_RECORD_DEPTH:
+        raise RecordError(MALFORMED_RECORD, f"{where} is nested deeper than {MAX_RECORD_DEPTH} levels")
+
+
 def check_text(value: Any, where: str = "record") -> None:
     """Raise `RecordError(BAD_TEXT)` if a string in `value` (keys included) cannot be written as
     UTF-8: a lone surrogate, which JSON's `\\ud800` escapes produce."""
@@ -139,6 +165,8 @@ def _real_root(image_root: str) -> str:
 def image_path(image_root: str, name: str, allow_outside_root: bool = False) -> str:
     """The file of image `name` under `image_root`; `RecordError(IMAGE_OUTSIDE_ROOT)` if it resolves
     (through `..`, an absolute path or symlinks) outside the root, unless that is allowed."""
+    if "\0" in name:  # no file system accepts it; os functions raise ValueError, not OSError
+        raise RecordError(MALFORMED_RECORD, f"image path {name!r} contains a NUL byte")
     path = os.path.join(image_root, name)
     root = _real_root(image_root)
     if not allow_outside_root and os.path.commonpath([root, os.path.realpath(path)]) != root:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.records import (
-    DUPLICATE_ID, EMPTY_MESSAGE, IMAGE_TOKEN, MALFORMED_RECORD, NO_ANSWER, SHORT_ANSWER_SUFFIX,
-    ImageRef, RecordError, Rejection, Sample, check_conversation, check_text, image_path,
+    DUPLICATE_ID, EMPTY_MESSAGE, IMAGE_TOKEN, MALFORMED_RECORD, MAX_RECORD_DEPTH, NO_ANSWER, SHORT_ANSWER_SUFFIX,
+    ImageRef, RecordError, Rejection, Sample, check_conversation, check_depth, check_text, image_path, nesting_depth,
 )  # fmt: skip
 
 DEFAULT_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
@@ -24,6 +24,8 @@ DEFAULT_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 
 def most_frequent_answer(answers: list[dict]) -> tuple[str, dict[str, int]]:
     """The most frequent answer and all counts; ties go to the answer listed first."""
+    if not isinstance(answers, list):
+        raise RecordError(MALFORMED_RECORD, f"annotation 'answers' is a {type(answers).__name__}, not a list")
     texts = [a["answer"].strip().lower() for a in answers if isinstance(a, dict) and isinstance(a.get("answer"), str)]
     texts = [t for t in texts if t]
     if not texts:
@@ -35,8 +37,13 @@ def most_frequent_answer(answers: list[dict]) -> tuple[str, dict[str, int]]:
 
 def load_prompt_pool(path: str | Path) -> list[str]:
     """Prompt suffixes, one per line (blank lines ignored), or a JSON list of strings."""
-    text = Path(path).read_text(encoding="utf-8")
-    pool = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines()]
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+        pool = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines()]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--prompt-pool {path}: not UTF-8 at byte {error.start} ({error.reason})") from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"--prompt-pool {path}: starts with '[' but is not a JSON list ({error})") from None
     pool = [p for p in pool if isinstance(p, str) and p.strip()]
     if not pool:
         raise ValueError(f"{path}: the prompt pool is empty")
@@ -44,11 +51,16 @@ def load_prompt_pool(path: str | Path) -> list[str]:
 
 
 def _load_json(path: str | Path, key: str) -> tuple[dict, list]:
-    with open(path, encoding="utf-8-sig") as file:
-        try:
-            data = json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    with open(path, "rb") as file:
+        data = file.read()
+    try:
+        data = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 at byte {error.start} ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply for Python's JSON reader") from None
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise ValueError(f"{path}: expected an object with a '{key}' list (official VQAv2 layout)")
     return data, data[key]
@@ -82,7 +94,7 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
     questions_file, questions = _load_json(questions_path, "questions")
     _, annotations = _load_json(annotations_path, "annotations")
     data_subtype = questions_file.get("data_subtype")
-    by_question = {a.get("question_id"): a for a in annotations if isinstance(a, dict)}
+    by_question = {a["question_id"]: a for a in annotations if isinstance(a, dict) and isinstance(a.get("question_id"), int)}
     pool = prompt_pool if prompt_pool is not None else [SHORT_ANSWER_SUFFIX]
     rejections, valid, seen = [], [], set() if group_by_image else None
     for index, question in enumerate(questions):
@@ -90,7 +102,7 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
             valid.append(_parse_question(question, index, by_question, seen))
         except RecordError as bad:
             qid = question.get("question_id") if isinstance(question, dict) else None
-            rejections.append(Rejection(index, qid, bad.reason, bad.detail, question))
+            rejections.append(Rejection(index, qid, bad.reason, bad.detail, _writable(question)))
     groups = _group(valid, group_by_image)
     samples = []
     for group in groups:
@@ -123,6 +135,7 @@ def load_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
 
 def _parse_question(question: Any, index: int, by_question: dict, seen: set[int] | None) -> dict:
     """A valid question with its target; only a valid question takes its question_id."""
+    check_depth(question, "question")
     check_text(question, "question")
     if not isinstance(question, dict) or not isinstance(question.get("question"), str):
         raise RecordError(MALFORMED_RECORD, "question is not an object with a 'question' string")
@@ -133,6 +146,7 @@ def _parse_question(question: Any, index: int, by_question: dict, seen: set[int]
     annotation = by_question.get(question["question_id"])
     if annotation is None:
         raise RecordError(NO_ANSWER, f"no annotation for question_id {question['question_id']}")
+    check_depth(annotation, f"annotation of question_id {question['question_id']}")
     check_text(annotation.get("answers"), f"annotation of question_id {question['question_id']}: answers")
     answer, counts = most_frequent_answer(annotation.get("answers") or [])
     if seen is not None:
@@ -140,6 +154,13 @@ def _parse_question(question: Any, index: int, by_question: dict, seen: set[int]
             raise RecordError(DUPLICATE_ID, f"question_id {question['question_id']} appeared earlier")
         seen.add(question["question_id"])
     return {"index": index, "question": question, "answer": answer, "counts": counts}
+
+
+def _writable(question: Any) -> Any:
+    """The question as rejected.jsonl keeps it; one nested too deeply to write back as JSON is named, not copied."""
+    if nesting_depth(question) > MAX_RECORD_DEPTH:
+        return f"<a value nested deeper than {MAX_RECORD_DEPTH} levels: see the questions file>"
+    return question
 
 
 def _group(items: list[dict], group_by_image: bool) -> list[list[dict]]:
