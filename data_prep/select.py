@@ -5,8 +5,10 @@ Steps, in this order (each sees only the samples the previous ones kept):
 
 1. `--where EXPR`: a condition over the scalar score columns (parsed with `ast`, never evaluated as Python;
    allowed: column names, numbers, `< <= > >= == !=` (chained too), `and or not`, `+ - * /`, parentheses).
+   Limits: at most 1000 characters, parts nested at most 32 deep, number literals finite floats.
    A sample with null (or NaN) in any column the expression names fails it, reason `null_<column>` (the
-   first such column in the expression); one that evaluates false (or divides by zero) fails with `where`.
+   first such column in the expression); one that evaluates false (or divides by zero, or overflows a
+   float) fails with `where`.
 2. `--dedup phash:D,minhash:T` (either or both): two samples are near duplicates if some pair of their
    images has perceptual hashes within Hamming distance D, or their text MinHash signatures agree in a
    fraction >= T of positions (datasketch's Jaccard estimate). Samples are visited in priority order
@@ -150,6 +152,14 @@ _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
+MAX_WHERE_CHARS = 1000
+MAX_WHERE_DEPTH = 32
+"""Limits of a `--where` expression (ample for any real condition): its length, and how deeply its parts nest
+(`not not x`, `-(-x)`, parentheses), so neither parsing nor evaluating it can exhaust Python's stack."""
+WHERE_LIMITS = (f"at most {MAX_WHERE_CHARS} characters, nested at most {MAX_WHERE_DEPTH} deep, "
+                "numbers finite floats (|x| < 1.8e308)")  # fmt: skip
+
+
 @dataclass
 class Where:
     """A compiled `--where` condition: `names` it reads (in order of appearance) and a predicate."""
@@ -159,17 +169,60 @@ class Where:
     predicate: Callable[[dict], bool]
 
 
-def parse_where(text: str, columns: list[str]) -> Where:
-    """Compile EXPR into a predicate over {column: number}; anything outside the grammar is an error."""
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` quoted for an error line, cut short if long (an expression may be 1000 characters)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _expression_depth(tree: ast.AST) -> int:
+    """How deeply expression nodes nest in `tree`, counted without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
+    return deepest
+
+
+def _parse_expression(text: str) -> ast.Expression:
+    """The syntax tree of a `--where` EXPR within WHERE_LIMITS, or a `SelectError` saying which limit."""
+    if len(text) > MAX_WHERE_CHARS:
+        raise SelectError(f"--where {_shown(text)}: {len(text)} characters; the limit is {MAX_WHERE_CHARS}")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as error:
-        raise SelectError(f"--where {text!r}: not an expression ({error.msg})") from None
+    except SyntaxError as error:  # "too many nested parentheses" is one
+        raise SelectError(f"--where {_shown(text)}: not an expression ({error.msg})") from None
+    except ValueError as error:  # a NUL character
+        raise SelectError(f"--where {_shown(text)}: not an expression ({error})") from None
+    except (RecursionError, MemoryError):
+        raise SelectError(f"--where {_shown(text)}: nested deeper than {MAX_WHERE_DEPTH} levels") from None
+    if _expression_depth(tree.body) > MAX_WHERE_DEPTH:
+        raise SelectError(f"--where {_shown(text)}: nested deeper than {MAX_WHERE_DEPTH} levels")
+    return tree
+
+
+def _finite(node: ast.Constant, text: str) -> float:
+    """A number literal as the float it is compared as; one no float can hold (1e999, 400 digits) is an error."""
+    try:
+        value = float(node.value)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        literal = ast.get_source_segment(text.strip(), node) or ast.unparse(node)
+        raise SelectError(f"--where {_shown(text)}: the number {_shown(literal, 40)} is not a finite "
+                          "float (|x| < 1.8e308)")  # fmt: skip
+    return value
+
+
+def parse_where(text: str, columns: list[str]) -> Where:
+    """Compile EXPR into a predicate over {column: number}; anything outside the grammar, or beyond
+    WHERE_LIMITS, is an error."""
+    tree = _parse_expression(text)
     names: list[str] = []
 
     def bad(node, what: str) -> SelectError:
-        return SelectError(f"--where {text!r}: {what} ({ast.unparse(node)!r}); allowed: metric names, numbers, "
-                           "comparisons, and/or/not, + - * /, parentheses")  # fmt: skip
+        return SelectError(f"--where {_shown(text)}: {what} ({_shown(ast.unparse(node), 60)}); allowed: metric names, "
+                           "numbers, comparisons, and/or/not, + - * /, parentheses")  # fmt: skip
 
     def condition(node) -> Callable[[dict], bool]:
         if isinstance(node, ast.BoolOp):
@@ -200,11 +253,11 @@ def parse_where(text: str, columns: list[str]) -> Where:
 
     def number(node) -> Callable[[dict], float]:
         if isinstance(node, ast.Constant) and _is_number(node.value):
-            value = node.value
+            value = _finite(node, text)
             return lambda row: value
         if isinstance(node, ast.Name):
             if node.id not in columns:
-                raise SelectError(f"--where {text!r}: unknown metric {node.id!r}; the scores have "
+                raise SelectError(f"--where {_shown(text)}: unknown metric {node.id!r}; the scores have "
                                   f"{', '.join(columns) or 'no scalar columns'}")  # fmt: skip
             if node.id not in names:
                 names.append(node.id)
@@ -538,7 +591,7 @@ def decide(parent: list[ParentSample], rows: dict[str, dict], scores: Scores, ru
                 continue
             try:
                 passed = where.predicate(values)
-            except ZeroDivisionError:
+            except (ZeroDivisionError, OverflowError):  # x / 0; a score integer too large for a float
                 passed = False
             if passed:
                 kept.append(sample)
@@ -774,7 +827,8 @@ def add_select_command(commands) -> argparse.ArgumentParser:
     parser.add_argument("shards", help="shard directory the scores were computed on")
     parser.add_argument("--scores", required=True, help="SCORES.jsonl from `mm-prep score`")
     parser.add_argument("--out", required=True, help="output directory (new shards, manifest.json, dropped.jsonl)")
-    parser.add_argument("--where", default=None, help='condition over score columns, e.g. "ifd < 1.0 and image_reliance > 0.05"')
+    parser.add_argument("--where", default=None, help='condition over score columns, e.g. "ifd < 1.0 and image_reliance '
+                        f'> 0.05" ({WHERE_LIMITS})')
     parser.add_argument("--dedup", default=None, metavar="phash:D,minhash:T",
                         help="drop near duplicates: image pHash Hamming distance <= D, or text MinHash Jaccard >= T")
     parser.add_argument("--top", default=None, metavar="F", help="keep the fraction F with the best --by")
