@@ -8,16 +8,20 @@ import sys
 import time
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval.distributed import Ranks, barrier
+from eval.judge.engine import check_judge_options
+from eval.judge.options import JudgeOptions
 from eval.predictions import id_key, read_predictions
-from eval.report import compare_markdown, metrics_markdown
-from mm.atomic import write_json_atomic, write_text_atomic
-from eval.runner import GenerationSettings, Generator, generate_predictions
+from eval.report import compare_markdown, json_text, metrics_markdown
+from mm.atomic import write_text_atomic
 from eval.scoring.evaluate import score_predictions
 from eval.tasks import get_task
 from eval.tasks.base import TaskDataError, file_options, json_object
+
+if TYPE_CHECKING:  # the runner imports torch: seconds that `score` and `compare` do not need
+    from eval.runner import GenerationSettings
 
 log = logging.getLogger(__name__)
 # Settings that must match when a run directory is resumed (answers of mixed settings are not one run).
@@ -41,7 +45,10 @@ def build_options(task_name: str, values: dict[str, Any], where: str | None = No
     not_text = {k: v for k, v in values.items() if not isinstance(v, str)}
     if not_text:
         raise TaskDataError(f"{where}: options must be strings (quote them in YAML), got {not_text}")
-    return task.options_type(**values)
+    options = task.options_type(**values)
+    if isinstance(options, JudgeOptions):  # now, not after `run` has loaded the model
+        check_judge_options(options, "judge_parse_attempts")
+    return options
 
 
 def read_questions(task_name: str, options) -> list:
@@ -71,14 +78,14 @@ def output_folder(path: str | Path) -> Path:
 def score_task(task_name: str, options, predictions_file: str | Path, out_dir: str | Path, questions=None) -> dict:
     """Score a predictions file (ours or LLaVA-format from elsewhere); write metrics.json and metrics.md."""
     task = get_task(task_name)
-    out_dir = output_folder(out_dir)
     questions = read_questions(task_name, options) if questions is None else questions
     records = read_predictions(predictions_file)
+    out_dir = output_folder(out_dir)  # after the inputs are known good: a refused command leaves no folder
     metrics = score_predictions(task, options, questions, records, out_dir)
     if questions and records and metrics["answered"] == 0:  # e.g. another task's file: refuse, not a silent 0
         raise TaskDataError(f"{predictions_file}: none of its {len(records)} predictions has the id of a {task_name} "
                             f"question (e.g. {task.prediction_id(records[0])!r}); is it another task's file?")
-    write_json_atomic(out_dir / "metrics.json", {"task": task_name, **metrics})
+    write_text_atomic(out_dir / "metrics.json", json_text({"task": task_name, **metrics}))
     write_text_atomic(out_dir / "metrics.md", metrics_markdown(task_name, metrics))
     return metrics
 
@@ -150,6 +157,8 @@ def run_record(model, dtype, checkpoint: str, task_name: str, options, settings:
 def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: str | Path, settings: GenerationSettings,
              *, limit: int | None = None, device: str = "cpu", ranks: Ranks = Ranks()) -> dict | None:
     """Generate (resuming) and score one task; rank 0 writes run.json and metrics. Returns metrics on rank 0."""
+    from eval.runner import Generator, generate_predictions
+
     out_dir = output_folder(out_dir)
     started = time.time()
     questions = read_questions(task_name, options)
@@ -161,7 +170,7 @@ def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: st
     barrier()
     if ranks.rank == 0:
         # Written before generating, so a crashed run can still be checked when it is resumed.
-        write_json_atomic(out_dir / "run.json", record)
+        write_text_atomic(out_dir / "run.json", json_text(record))
     timings = generate_predictions(Generator(model, settings, dtype), questions, out_dir, ranks,
                                    model_id=Path(checkpoint).name, task_name=task_name)
     if ranks.rank != 0:
@@ -169,7 +178,7 @@ def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: st
     metrics = score_task(task_name, options, out_dir / "predictions.jsonl", out_dir, questions=questions)
     record.update({"status": "complete", "timings": {**timings, "wall_seconds": round(time.time() - started, 3)},
                    "metrics_overall": metrics["overall"]})
-    write_json_atomic(out_dir / "run.json", record)
+    write_text_atomic(out_dir / "run.json", json_text(record))
     return metrics
 
 

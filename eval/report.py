@@ -1,8 +1,24 @@
-"""Atomic writes and Markdown rendering of metrics and comparisons."""
+"""JSON and Markdown rendering of metrics and comparisons."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+
+def json_text(value: Any, *, indent: int | None = 2) -> str:
+    """`value` as one JSON document and a newline. NaN and Infinity, which json.dumps writes by default and
+    strict JSON readers reject, are a ValueError here: a metric that is not a number is a bug to fix, not a
+    file for other tools to choke on."""
+    try:
+        return json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as error:
+        raise ValueError(f"refusing to write NaN or Infinity as JSON ({error})") from None
+
+
+def jsonl_text(rows: list[Any]) -> str:
+    """One JSON line per row, with the rule of `json_text`."""
+    return "".join(json_text(row, indent=None) for row in rows)
 
 
 def _cell(value: Any) -> str:

@@ -48,9 +48,11 @@ class JudgeCache:
                 try:
                     record = json.loads(line.decode("utf-8"))
                     if not isinstance(record, dict) or not isinstance(record.get("key"), str) \
-                            or not isinstance(record.get("reply"), str):
-                        raise ValueError("a cache record needs a string key and reply")
-                except ValueError as error:
+                            or not isinstance(record.get("reply"), str) \
+                            or not isinstance(record.get("served_by"), (str, type(None))):
+                        raise ValueError("a cache record needs a string key and reply, and served_by a string "
+                                         "or null")
+                except (ValueError, RecursionError) as error:
                     if index != last_filled:
                         raise TaskDataError(f"{self.path}:{index + 1}: damaged judge cache line ({error}); "
                                             f"delete the file to ask the judge again") from None

@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 # unauthorised, unknown model) will not change by asking again.
 RETRY_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_S = 60.0
+REDACTED = "[API key redacted]"
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows a 301/302/303 of a POST as a GET to wherever Location points, Authorization header and
+    all (another host gets the API key; the reply, to no question, would be scored). Following none makes
+    every 3xx an HTTPError, which `complete` turns into one error line."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects())
 
 
 class JudgeError(TaskDataError):
@@ -62,9 +75,17 @@ class OpenAIJudge:
     def cache_identity(self) -> dict:
         return {"kind": self.kind, "model": self.model, "base_url": self.base_url}
 
+    def _api_key(self) -> str:
+        return os.environ.get(self.api_key_env, "")
+
+    def redact(self, text: str) -> str:
+        """`text` without the API key: servers echo request headers in error bodies and even in replies."""
+        key = self._api_key()
+        return text.replace(key, REDACTED) if key else text
+
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env, "")
+        key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         elif not self._warned:
@@ -79,11 +100,16 @@ class OpenAIJudge:
             request = urllib.request.Request(url, data=body, headers=self._headers(), method="POST")
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with _OPENER.open(request, timeout=self.timeout_s) as response:
                     raw = response.read()
                 return self._parse_response(raw)
             except urllib.error.HTTPError as error:
-                detail = error.read()[:300].decode("utf-8", "replace")
+                detail = self.redact(error.read()[:300].decode("utf-8", "replace"))
+                if 300 <= error.code < 400:
+                    target = self.redact(str(error.headers.get("Location", "?") if error.headers else "?"))[:200]
+                    raise JudgeError(f"judge {url}: HTTP {error.code} redirect to {target} not followed (it would "
+                                     f"resend the API key and drop the request body); give the final address "
+                                     f"as --judge-base-url") from None
                 if error.code not in RETRY_STATUSES:
                     hint = f" (is ${self.api_key_env} set and valid?)" if error.code in (401, 403) else ""
                     raise JudgeError(f"judge {url}: HTTP {error.code}{hint}: {detail}") from None
@@ -92,26 +118,34 @@ class OpenAIJudge:
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as error:
                 problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
             except ValueError as error:  # a 200 whose body is not a chat completion
-                problem = str(error)
+                problem = self.redact(str(error))
             if attempt == self.max_retries:
                 raise JudgeError(f"judge {url}: no reply after {self.max_retries + 1} tries; last: {problem}")
-            wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** attempt)
+            wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(attempt, 32))  # 2 ** 1024 overflows a float
             if retry_after is not None:
                 wait = min(MAX_BACKOFF_S, max(wait, retry_after))
             log.warning("judge %s (try %d of %d); again in %.2fs", problem, attempt + 1, self.max_retries + 1, wait)
             self.sleep(wait)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _parse_response(raw: bytes) -> Reply:
+    def _parse_response(self, raw: bytes) -> Reply:
+        """The reply text and serving model of a chat completion, checked before anything caches them: a
+        field of the wrong type is a ValueError (retried, then an error), never a crash on a later re-score."""
         try:
             data = json.loads(raw.decode("utf-8"))
             message = data["choices"][0]["message"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+            if not isinstance(message, dict):
+                raise TypeError("message is not an object")
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError, RecursionError):
             raise ValueError(f"reply is not a chat completion: {raw[:200]!r}") from None
-        content = message.get("content") if isinstance(message, dict) else None
+        served_by = data.get("model")
+        content = message.get("content")
+        for name, value in (("model", served_by), ("choices[0].message.content", content)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"reply is not a chat completion: {name} is {type(value).__name__}, "
+                                 f"not a string: {raw[:200]!r}")
         # A refusal or tool call has no text: an empty reply, which no benchmark parses (counted as unparsed).
-        return Reply(content if isinstance(content, str) else "", data.get("model"))
+        return Reply(self.redact(content or ""), served_by)
 
 
 def _seconds(value: str | None) -> float | None:

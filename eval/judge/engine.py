@@ -4,6 +4,7 @@ concurrent loop over judge requests."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -11,22 +12,32 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from eval.judge.cache import CACHE_FILE, JudgeCache, request_key
-from eval.judge.client import HFJudge, OpenAIJudge, parse_judge_spec
+from eval.judge.client import MAX_BACKOFF_S, HFJudge, OpenAIJudge, parse_judge_spec
 from eval.judge.options import JudgeOptions
 from eval.tasks.base import TaskDataError, flag
 
 log = logging.getLogger(__name__)
 
 
+# Upper bounds where a larger value breaks something rather than just waiting longer: a socket timeout past
+# about 1e9 s overflows the platform's time_t, a thread per request in flight, and a retry or parse attempt
+# count that would keep a dead server busy for days.
+LIMITS = {"judge_concurrency": 256, "judge_max_retries": 100, "judge_backoff": MAX_BACKOFF_S,
+          "judge_timeout": 86400.0, "judge_parse_attempts": 100}
+
+
 def _number(options, name: str, kind: type, minimum: float):
+    """The option as a number in [minimum, LIMITS[name]]; "inf", "nan" or a word is one error naming it."""
     value = getattr(options, name)
+    maximum = LIMITS[name]
     try:
         number = kind(value)
-    except ValueError:
+    except (TypeError, ValueError):
         number = None
-    if number is None or number < minimum:
-        raise TaskDataError(f"{flag(name)} {value!r}: expected a{'n integer' if kind is int else ' number'} "
-                            f">= {minimum}")
+    if number is None or not math.isfinite(number) or not minimum <= number <= maximum:
+        shown = repr(value) if len(str(value)) <= 40 else f"{str(value)[:40]!r}..."
+        raise TaskDataError(f"{flag(name)} {shown}: expected a{'n integer' if kind is int else ' number'} "
+                            f"from {minimum} to {maximum}")
     return number
 
 

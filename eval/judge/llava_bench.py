@@ -16,6 +16,7 @@ import math
 
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."
 MAX_TOKENS = 1024  # eval_gpt_review_bench.py --max-tokens default
+SCORE_SCALE_MAX = 10.0  # "an overall score on a scale of 1 to 10"
 
 # rule.json "llava_bench_*" prompt (sha256 2ce22b56...9529d)
 _WILD_PROMPT = (
@@ -82,7 +83,8 @@ def review_messages(content: str) -> list[dict]:
 def parse_score(review: str) -> tuple[float, float] | None:
     """LLaVA's parse_score: the first line, commas as spaces, split on single spaces; exactly two parts,
     each a float -> (reference score, model score). LLaVA returns [-1, -1] otherwise; here None (unparsed).
-    Not finite numbers ("nan", "inf", which float() takes) are unparsed too."""
+    Scores off the prompt's 1-to-10 scale are unparsed too (LLaVA takes any float): "nan", "inf" and "1e308"
+    would make the means, hence metrics.json, NaN or Infinity. 0 is let through, as a judge's "no merit"."""
     parts = review.split("\n")[0].replace(",", " ").split(" ")
     if len(parts) != 2:
         return None
@@ -90,7 +92,7 @@ def parse_score(review: str) -> tuple[float, float] | None:
         scores = (float(parts[0]), float(parts[1]))
     except ValueError:
         return None
-    return scores if all(math.isfinite(s) for s in scores) else None
+    return scores if all(math.isfinite(s) and 0 <= s <= SCORE_SCALE_MAX for s in scores) else None
 
 
 def summarize(tuples: list[tuple[float, float]]) -> dict:

@@ -141,7 +141,8 @@ def score_llava_bench(options: LLaVABenchOptions, questions, answers, *, out_dir
     `--judge-parse-attempts` tries are left out of every mean and counted in `judge_unparsed` (LLaVA
     would average them in as [-1, -1])."""
     from eval.judge.engine import JudgeItem, check_judge_options, judge_items, make_judge
-    from mm.atomic import write_jsonl_atomic
+    from eval.report import jsonl_text
+    from mm.atomic import write_text_atomic
 
     check_judge_options(options, "judge_parse_attempts")
     items = []
@@ -162,7 +163,7 @@ def score_llava_bench(options: LLaVABenchOptions, questions, answers, *, out_dir
             groups.setdefault(category, []).append(outcome.value)
         reviews.append({"question_id": question.question_id, "category": category, "answer_missing": answer is None,
                         "tuple": list(outcome.value) if outcome.parsed else None, "replies": list(outcome.replies)})
-    write_jsonl_atomic(Path(out_dir) / "judge_reviews.jsonl", reviews)
+    write_text_atomic(Path(out_dir) / "judge_reviews.jsonl", jsonl_text(reviews))
     every = [o.value for o in outcomes if o.parsed]
     summary = protocol.summarize(every)
     unparsed = sum(not o.parsed for o in outcomes)

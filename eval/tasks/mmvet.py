@@ -79,7 +79,8 @@ def score_mmvet(options: MMVetOptions, questions, answers, *, out_dir: Path) -> 
     that is still not a number in [0, 1] after `--judge-parse-attempts` requests is left out of every sum and
     count (numerator and denominator) and counted in `judge_unparsed` (the grader would give it 0.0)."""
     from eval.judge.engine import JudgeItem, check_judge_options, judge_items, make_judge
-    from mm.atomic import write_jsonl_atomic
+    from eval.report import jsonl_text
+    from mm.atomic import write_text_atomic
 
     check_judge_options(options, "judge_parse_attempts")
     items, asked = [], []
@@ -105,7 +106,7 @@ def score_mmvet(options: MMVetOptions, questions, answers, *, out_dir: Path) -> 
         reviews.append({"question_id": question.question_id, "capability": list(question.truth.capabilities),
                         "answer_missing": outcome is None, "score": score,
                         "replies": list(outcome.replies) if outcome else []})
-    write_jsonl_atomic(Path(out_dir) / "judge_reviews.jsonl", reviews)
+    write_text_atomic(Path(out_dir) / "judge_reviews.jsonl", jsonl_text(reviews))
     metrics = protocol.aggregate(graded)
     return {"overall": metrics["overall"], "graded": len(graded),
             "judge_unparsed": sum(not o.parsed for o in outcomes),
