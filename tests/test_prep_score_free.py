@@ -162,7 +162,9 @@ def test_runs_merge_by_key(shards, tmp_path):
     again = read_scores(out)
     assert again[order[0]]["phash"] == first["phash"] and all("num_words" in line for line in again.values())
     assert not list(tmp_path.glob("*.partial*"))
-    assert set(json.loads((tmp_path / "scores.jsonl.meta.json").read_text())) == {"length", "phash"}
+    meta = json.loads((tmp_path / "scores.jsonl.meta.json").read_text())
+    assert set(meta) == {"length", "phash", "shard_set"}  # the metrics' provenance, and the set the lines score
+    assert meta["shard_set"]["directory"] == str(shards.resolve()) and meta["shard_set"]["num_shards"] == 3
 
 
 class Boom(RuntimeError):

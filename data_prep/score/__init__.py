@@ -30,7 +30,11 @@ def add_score_command(commands) -> argparse.ArgumentParser:
                                               "length) of a shard directory -> JSONL, for `mm-prep select`")  # fmt: skip
     score.add_argument("shards", help="shard directory (mm-prep output)")
     score.add_argument("--metrics", required=True, help=METRIC_HELP)
-    score.add_argument("--out", required=True, help="scores JSONL; an existing one is merged by key (new metrics added)")
+    score.add_argument("--out", required=True, help="scores JSONL; an existing one is merged by key (new metrics added) "
+                                                    "if it scores the same shard set (recorded in OUT.meta.json)")
+    score.add_argument("--merge-other-shards", action="store_true",
+                       help="merge into an --out that scores another shard set (or one written before mm-prep recorded "
+                            "it) anyway: only when the same keys name the same samples, e.g. a reconversion")  # fmt: skip
     model = score.add_argument_group("model metrics")
     model.add_argument("--checkpoint", default=None, help="mm checkpoint directory (its chat template and image settings)")
     model.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
@@ -63,6 +67,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, limit=args.limit, max_length=args.max_length,
         minhash=MinHashSettings(num_perm=args.minhash_perm, shingle_words=args.minhash_shingle, seed=args.minhash_seed),
         progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
+        merge_other_shards=args.merge_other_shards,
     )  # fmt: skip
     result = run_score(options)
     for note in result["notes"]:

@@ -5,11 +5,16 @@ Files beside ``--out`` while a run is in progress (all removed when it completes
 - ``OUT.partial`` (one process) or ``OUT.rank{R}.partial`` (under torchrun): score lines, appended and
   fsynced per batch; a rerun of the same command skips the keys in any of them (a torn last line, from a
   kill mid-write, is cut off and that sample scored again);
-- ``OUT.partial.json``: the run's settings; a rerun with other settings over leftover partial files is an
-  error, so lines of two different runs are never mixed.
+- ``OUT.partial.json``: the run's settings (the shard set's fingerprint among them); a rerun with other
+  settings over leftover partial files that hold score lines is an error, so lines of two different runs are
+  never mixed. A run that fails before scoring anything removes the partial files it created, so the
+  corrected command is never blocked by them; leftover partial files without a line are not a run to resume.
 
 At the end rank 0 merges, by key, the lines already in ``OUT`` (earlier runs, other metrics) with the new
 ones (whose metric columns replace the old values of those metrics) and writes ``OUT`` atomically.
+``OUT.meta.json`` records which shard set the lines score (``shard_set``, see ``shard_set``): merging into an
+``OUT`` that scores another set, or one written before sets were recorded, is refused unless
+``--merge-other-shards`` says the keys name the same samples.
 Each sample goes to exactly one rank: sample i (in shard order) to rank i % WORLD_SIZE.
 """
 
@@ -20,13 +25,16 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.inspect_shards import ShardSample, iter_samples
+from data_prep.inspect_shards import ShardSample, iter_samples, shard_paths
 from data_prep.score import METRICS, MODEL_METRICS
 from data_prep.score.model_free import LengthScorer, MinHashScorer, MinHashSettings, PHashScorer
+from data_prep.score.shard_set import describe, same_shard_set, shard_set_identity
 from mm.atomic import BadLine, read_appended_lines, write_json_atomic, write_text_atomic
+from mm.cli_errors import BadInput
 
 IDENTITY = ("key", "id", "source")
 
@@ -47,7 +55,7 @@ def parse_metrics(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in METRICS]
     if unknown or not names:
-        raise ValueError(f"unknown metrics {unknown or [text]}; valid metrics: {', '.join(METRICS)}")
+        raise BadInput(f"--metrics: unknown metrics {unknown or [text]}; valid metrics: {', '.join(METRICS)}")
     return list(dict.fromkeys(names))
 
 
@@ -68,6 +76,7 @@ class ScoreOptions:
     minhash: MinHashSettings = field(default_factory=MinHashSettings)
     progress: bool = True
     trust_remote_code: bool = False
+    merge_other_shards: bool = False
 
     @property
     def needs_model(self) -> bool:
@@ -83,9 +92,10 @@ class ScoreOptions:
 
 
 def check_options(options: ScoreOptions) -> None:
-    """Bad input as one clear error, before any model is loaded."""
+    """Bad input as one clear error, before any model is loaded or any file written."""
     if not Path(options.shards).is_dir():
         raise FileNotFoundError(f"{options.shards}: no such shard directory")
+    shard_paths(options.shards)  # no shards, or an unreadable manifest: said now, not after creating files
     if options.needs_model and not options.checkpoint:
         raise ValueError(f"metrics {[m for m in options.metrics if m in MODEL_METRICS]} need --checkpoint")
     if options.checkpoint and not Path(options.checkpoint).exists() and (options.needs_model or not options.tokenizer):
@@ -98,16 +108,44 @@ def check_options(options: ScoreOptions) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if "minhash" in options.metrics and (options.minhash.num_perm < 1 or options.minhash.shingle_words < 1):
         raise ValueError("--minhash-perm and --minhash-shingle must be at least 1")
-    if Path(options.out).is_dir():
-        raise ValueError(f"--out {options.out} is a folder; it names the scores file (JSONL)")
+    check_out_path(Path(options.out))
+    if options.needs_model or options.needs_clip:
+        check_device(options.device)
 
 
-def resume_record(options: ScoreOptions, dtype_name: str | None) -> dict:
+def check_out_path(out: Path) -> None:
+    """--out names a file we can create: not a folder, under a folder (or one we can make) we may write in."""
+    if out.is_dir():
+        raise BadInput(f"--out {out} is a folder; it names the scores file (JSONL)")
+    folder = out.absolute().parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that exists: mkdir will create the rest in it
+    if not folder.is_dir():
+        raise BadInput(f"--out {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {out}: cannot write in {folder} (read-only or no permission)")
+
+
+def check_device(name: str | None) -> None:
+    import torch
+
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is available here")
+
+
+def resume_record(options: ScoreOptions, dtype_name: str | None, shard_set: dict) -> dict:
     """What must match between a run and the partial files it continues."""
     def where(path):
         return str(Path(path).resolve()) if path and Path(path).exists() else path
 
-    record = {"shards": where(options.shards), "metrics": options.metrics, "limit": options.limit}
+    record = {"shards": where(options.shards), "shard_set": shard_set["fingerprint"], "metrics": options.metrics,
+              "limit": options.limit}  # fmt: skip
     if options.needs_model:
         record.update(checkpoint=where(options.checkpoint), dtype=dtype_name, max_length=options.max_length)
     if options.needs_clip:
@@ -148,7 +186,10 @@ def read_lines(path: Path, *, torn_tail: bool = False, truncate: bool = False) -
 
 
 def _score_line(line: bytes) -> dict:
-    record = json.loads(line.decode("utf-8"))
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except RecursionError:  # nesting deeper than the parser's stack: no line we wrote
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("key"), str):
         raise ValueError("not a JSON object with a string 'key'")
     return record
@@ -184,16 +225,51 @@ def provenance_path(out: Path) -> Path:
     return out.with_name(f"{out.name}.meta.json")
 
 
-def write_provenance(out: Path, scorers: list) -> None:
-    """``OUT.meta.json``: {metric: how its columns were made (checkpoint, template, dtype, clip model, minhash
-    parameters, tokenizer)}, updated per run like the columns."""
+SHARD_SET = "shard_set"
+MERGED_SHARD_SETS = "merged_shard_sets"
+
+
+def read_provenance(out: Path) -> dict:
     path = provenance_path(out)
-    meta = json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise BadInput(f"{path}: not a readable scores metadata file ({error}); move it away to start over") from None
     if not isinstance(meta, dict):
-        meta = {}
+        raise BadInput(f"{path}: not a scores metadata file (not a JSON object); move it away to start over")
+    return meta
+
+
+def write_provenance(out: Path, scorers: list, shard_set: dict, merged_from: list | None = None) -> None:
+    """``OUT.meta.json``: {metric: how its columns were made (checkpoint, template, dtype, clip model, minhash
+    parameters, tokenizer)}, updated per run like the columns; ``shard_set``: the set the lines score, and
+    ``merged_shard_sets``: other sets merged in with --merge-other-shards (null: one never recorded)."""
+    meta = read_provenance(out)
     for scorer in scorers:
         meta.update(scorer.settings())
-    write_json_atomic(path, meta)
+    if merged_from is not None:
+        meta[MERGED_SHARD_SETS] = [*meta.get(MERGED_SHARD_SETS, []), *merged_from]
+    meta[SHARD_SET] = shard_set
+    write_json_atomic(provenance_path(out), meta)
+
+
+def other_shard_sets(out: Path, out_lines: list[dict], shard_set: dict, merge: bool) -> list | None:
+    """The recorded shard sets of ``out`` that are not ``shard_set`` (None when there are none): refused
+    unless ``merge``, as keys alone cannot tell two sets apart (two synth seeds name their samples alike)."""
+    recorded = read_provenance(out).get(SHARD_SET) if out_lines else shard_set
+    if same_shard_set(recorded, shard_set):
+        return None
+    if merge:
+        return [recorded]
+    if recorded is None:
+        raise BadInput(f"--out {out} holds scores written before mm-prep recorded their shard set, so they may score "
+                       f"other samples under the same keys: pass --merge-other-shards if they score {shard_set['directory']}, "
+                       "or choose another --out")  # fmt: skip
+    raise BadInput(f"--out {out} holds scores of another shard set, {describe(recorded)}, not {describe(shard_set)}; "
+                   "the same keys may name other samples: choose another --out, delete it to start over, or pass "
+                   "--merge-other-shards to merge anyway")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- scorers
@@ -266,27 +342,75 @@ def run_score(options: ScoreOptions) -> dict:
         dtype_name = str(resolve_dtype(options.dtype, device)).replace("torch.", "") if options.needs_model else None
     init_process_group(ranks, device or "cpu")
     out = Path(options.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = resume_record(options, dtype_name)
-    if out.exists():
-        read_lines(out)  # a file that is not ours is an error now, not after scoring every sample
-    if existing_parts(out) and settings_path(out).exists():
-        previous = json.loads(settings_path(out).read_text())
-        if previous != record:
-            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
-            raise ValueError(f"{out} has partial results of a run with other {changed} ({settings_path(out)}); rerun "
-                             "that command to finish it, or delete its .partial files to start over")  # fmt: skip
+    shard_set = shard_set_identity(options.shards)
+    record = resume_record(options, dtype_name, shard_set)
+    out_lines = read_lines(out) if out.exists() else []  # a file that is not ours is an error now, not at the end
+    merged_from = other_shard_sets(out, out_lines, shard_set, options.merge_other_shards)
+    check_resumable(out, record)
     scorers, notes = build_scorers(options, device, dtype_name)  # bad model options fail before any file is written
     barrier()
-    if ranks.rank == 0:
-        write_json_atomic(settings_path(out), record)
     mine = part_path(out, ranks.rank, ranks.world_size)
+    try:
+        return _score_and_merge(options, ranks, out, mine, record, scorers, notes, shard_set, merged_from)
+    except BaseException:
+        remove_unused_partials(out, mine, ranks.rank)
+        raise
+
+
+def check_resumable(out: Path, record: dict) -> None:
+    """Leftover partial files holding lines must be of this very run (same settings, same shard set)."""
+    if not settings_path(out).exists() or not any(read_lines(p, torn_tail=True) for p in existing_parts(out)):
+        return  # nothing to resume: this run starts afresh over whatever empty files are there
+    try:
+        previous = json.loads(settings_path(out).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise BadInput(f"{settings_path(out)}: not readable ({error}); delete {out}'s .partial files to start over") from None
+    if not isinstance(previous, dict):
+        raise BadInput(f"{settings_path(out)}: not a JSON object; delete {out}'s .partial files to start over")
+    previous.setdefault("shard_set", record["shard_set"])  # written before the fingerprint was: the path decides
+    if previous != record:
+        changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+        raise BadInput(f"{out} has partial results of a run with other {changed} ({settings_path(out)}); rerun "
+                       "that command to finish it, or delete its .partial files to start over")  # fmt: skip
+
+
+def remove_unused_partials(out: Path, mine: Path, rank: int) -> None:
+    """After a failure: this rank's partial file if it holds nothing, and (rank 0) the settings once no
+    partial file is left, so a corrected command is not taken for a different run over a resumable one."""
+    try:
+        if mine.exists() and mine.stat().st_size == 0:
+            mine.unlink()
+        if rank == 0 and not existing_parts(out):
+            settings_path(out).unlink(missing_ok=True)
+    except OSError:
+        pass  # cleanup is a courtesy; the error being raised is the one to report
+
+
+@contextmanager
+def writing_out(out: Path):
+    """Files beside --out that cannot be created are the user's --out to fix, not a bug."""
+    try:
+        yield
+    except OSError as error:
+        raise BadInput(f"--out {out}: cannot write beside it ({error.strerror or error})") from None
+
+
+def _score_and_merge(options: ScoreOptions, ranks, out: Path, mine: Path, record: dict, scorers: list,
+                     notes: list[str], shard_set: dict, merged_from: list | None) -> dict:  # fmt: skip
+    from eval.distributed import barrier
+
+    if ranks.rank == 0:
+        with writing_out(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(settings_path(out), record)
+    barrier()
     if mine.exists():
         read_lines(mine, torn_tail=True, truncate=True)  # each rank repairs only its own file
     barrier()
     done = {r["key"] for part in existing_parts(out) for r in read_lines(part, torn_tail=True)}
     barrier()  # nobody appends before every rank has read what is done
-    mine.touch()
+    with writing_out(out):
+        mine.touch()
     key_order: list[str] = []
     scored = skipped = 0
     from tqdm import tqdm
@@ -317,7 +441,7 @@ def run_score(options: ScoreOptions) -> dict:
         owned = {c for m in options.metrics for c in metric_columns(m, options.tokenizer_source is not None)}
         parts = existing_parts(out)
         result["lines"] = merge_into(out, parts, key_order, owned)
-        write_provenance(out, scorers)
+        write_provenance(out, scorers, shard_set, merged_from)
         for part in parts:
             part.unlink()
         settings_path(out).unlink(missing_ok=True)
