@@ -16,6 +16,7 @@ import torch
 from mm import __version__
 from mm.config import VLMConfig
 from mm.export_target import export_directory
+from mm.weights import read_safetensors
 
 CONFIG_NAME = "mm_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -28,10 +29,13 @@ def is_checkpoint(directory: str | os.PathLike) -> bool:
     return (Path(directory) / CONFIG_NAME).is_file()
 
 
-def write_checkpoint(model, directory: str | os.PathLike) -> None:
+def write_checkpoint(model, directory: str | os.PathLike, *, source: str | None = None,
+                     overwrite: bool = False) -> None:
     """Write the model's config (architectures inline), weights, tokenizer and image settings to `directory`.
-    An earlier export there is replaced in one rename; other files in it are kept (see mm.export_target)."""
-    with export_directory(directory) as tmp:
+    Our earlier export of the same `source` (an `mm.export_target.source_identity`; None for a model saved
+    from Python) there is replaced in one rename; other files in it are kept; a folder holding anything else
+    needs `overwrite` (see mm.export_target)."""
+    with export_directory(directory, source=source, overwrite=overwrite) as tmp:
         payload = {"format_version": FORMAT_VERSION, "mm_version": __version__, **model.resolved_config().to_dict()}
         (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         safetensors.torch.save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -54,4 +58,4 @@ def read_config(directory: str | os.PathLike) -> VLMConfig:
 
 def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict stored in a checkpoint directory (a tied tensor under one of its names)."""
-    return safetensors.torch.load_file(str(Path(directory) / WEIGHTS_NAME))
+    return read_safetensors(Path(directory) / WEIGHTS_NAME)  # a truncated file: one line naming it

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from mm.cli_errors import BadInput
 
-class CheckpointNotFound(FileNotFoundError):
-    """No such local path, and not fetchable as a Hub id; the message says both."""
+
+class CheckpointNotFound(FileNotFoundError, BadInput):
+    """No such local path, and not fetchable as a Hub id; the message says both. Bad input for every CLI
+    (`run_cli`), and still the FileNotFoundError callers have always caught."""
 
 
 def could_be_hub_id(name: str) -> bool:

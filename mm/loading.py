@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from mm.builder import build_vlm
 from mm.checkpoint import CONFIG_NAME, is_checkpoint, read_config, read_weights
+from mm.cli_errors import BadInput, one_line
 from mm.hub import not_found
-from mm.llava import is_llava_directory, load_llava_hf
+from mm.llava import LlavaIncompatible, is_llava_directory, load_llava_hf
 from mm.llm import load_tokenizer
 from mm.model import VisionLanguageModel
-from mm.weights import assign_state_dict, parameters_on_meta
+from mm.weights import assign_state_dict, check_safetensors, parameters_on_meta
+
+
+class UnreadableCheckpoint(BadInput):
+    """A checkpoint's config or tokenizer that cannot be read or describes no model: names the file."""
 
 
 def load_pretrained(
@@ -25,10 +31,10 @@ def load_pretrained(
     directory = _local_directory(str(path))
     if is_checkpoint(directory):
         model = load_checkpoint(directory, trust_remote_code=trust_remote_code)
-    elif is_llava_directory(directory):
-        model = load_llava_hf(directory, trust_remote_code=trust_remote_code)
+    elif _is_llava(directory):
+        model = _load_llava(directory, trust_remote_code=trust_remote_code)
     else:
-        raise ValueError(
+        raise BadInput(
             f"{path} is neither an mm checkpoint (no {CONFIG_NAME}) nor a llava-hf directory "
             "(config.json with model_type 'llava' or 'llava_next')"
         )
@@ -40,19 +46,46 @@ def load_pretrained(
 def load_checkpoint(directory: str | os.PathLike, *, trust_remote_code: bool = False) -> VisionLanguageModel:
     """One of our checkpoint directories: the model built on the meta device, then given the stored weights."""
     directory = str(directory)
-    config = read_config(directory)
-    tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
-    with parameters_on_meta():
+    with _describes_no_model(Path(directory) / CONFIG_NAME):
+        config = read_config(directory)
+    with _describes_no_model(Path(directory), "tokenizer"):
+        tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
+    with _describes_no_model(Path(directory) / CONFIG_NAME), parameters_on_meta():
         model = build_vlm(config, load_weights=False, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
     assign_state_dict(model, read_weights(directory), directory)
     return model.set_trainable(vision=False, projector=True, llm=True)
+
+
+def _is_llava(directory: Path) -> bool:
+    with _describes_no_model(directory / "config.json"):
+        return is_llava_directory(directory)
+
+
+def _load_llava(directory: Path, *, trust_remote_code: bool):
+    """`load_llava_hf`, its weight files checked first: transformers reports a truncated one with a traceback."""
+    for weights in sorted(directory.glob("*.safetensors")):
+        check_safetensors(weights)
+    with _describes_no_model(directory / "config.json"):
+        return load_llava_hf(directory, trust_remote_code=trust_remote_code)
+
+
+@contextmanager
+def _describes_no_model(path: Path, what: str = "config"):
+    """Errors from reading a config (not JSON, a list, a field of the wrong type) or building what it
+    describes become one `UnreadableCheckpoint` naming `path`; errors that already name their file pass."""
+    try:
+        yield
+    except (BadInput, OSError, LlavaIncompatible):  # these say already what is wrong, and where
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise UnreadableCheckpoint(f"{path}: not a usable {what}: {one_line(error)}") from error
 
 
 def _local_directory(path: str) -> Path:
     if os.path.isdir(path):
         return Path(path)
     if os.path.exists(path):
-        raise ValueError(f"{path} is a file; a checkpoint is a directory")
+        raise BadInput(f"{path} is a file; a checkpoint is a directory")
     if path.count("/") != 1 or path.startswith((".", "/")):
         raise not_found(path, "checkpoint")
     from huggingface_hub import snapshot_download  # the network only when a Hub id is asked for

@@ -3,10 +3,60 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from mm.cli_errors import BadInput
+
+
+class UnreadableWeights(BadInput):
+    """A weights file that is missing, empty, cut short or corrupt, or weights that do not fit the model:
+    the message names the file (a ValueError, so every CLI reports it in one line)."""
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or `UnreadableWeights` naming it and saying what is wrong."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_weights_file(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise corrupt_weights(path, error) from error
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Read a safetensors file's header (not its tensors): a truncated or corrupt file fails here, cheaply,
+    before a loader that would report it with a traceback (transformers' from_pretrained)."""
+    from safetensors import SafetensorError, safe_open
+
+    check_weights_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as error:
+        raise corrupt_weights(path, error) from error
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """A weights file is there, a regular file, and not empty."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableWeights(f"{path}: weights file missing")
+    if not path.is_file():
+        raise UnreadableWeights(f"{path}: is not a regular file (a weights file was expected)")
+    if path.stat().st_size == 0:
+        raise UnreadableWeights(f"{path}: weights file is empty")
+
+
+def corrupt_weights(path: str | os.PathLike, error: BaseException) -> UnreadableWeights:
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return UnreadableWeights(f"{path}: not a valid safetensors file (truncated or corrupt?): {reason}")
 
 
 @contextlib.contextmanager
@@ -50,14 +100,18 @@ def assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         for name in names:
             if present:
                 state.setdefault(name, state[present[0]])
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:  # a tensor of another shape than the config's model has
+        raise UnreadableWeights(f"{source}: weights do not match the model: {_first_mismatch(error)}") from error
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not match the model: missing {missing}, unexpected {unexpected}")
+        raise UnreadableWeights(f"{source}: weights do not match the model: missing {missing}, "
+                                f"unexpected {unexpected}")
     for names in groups:
         _retie(model, names)
     left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left_on_meta:
-        raise ValueError(f"{source}: no weights for {left_on_meta}")
+        raise UnreadableWeights(f"{source}: no weights for {left_on_meta}")
 
 
 def _retie(model: nn.Module, names: list[str]) -> None:
@@ -66,3 +120,9 @@ def _retie(model: nn.Module, names: list[str]) -> None:
         owner_name, _, attribute = name.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
         owner._parameters[attribute] = first
+
+
+def _first_mismatch(error: RuntimeError) -> str:
+    """torch lists every size mismatch on its own line under a header; the first says enough."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
