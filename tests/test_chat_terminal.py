@@ -117,11 +117,11 @@ def test_a_scripts_first_error_is_one_line_and_status_2(checkpoint, monkeypatch,
 
 def test_bad_options_and_checkpoints_are_one_line(checkpoint, monkeypatch, capsys):
     assert chat(checkpoint, "", "--top-p", "0", monkeypatch=monkeypatch, capsys=capsys)[2] == \
-        "mm-chat: top_p must be in (0, 1], got 0.0\n"  # fmt: skip
+        "mm-chat: error: argument --top-p: '0' is not a number in (0, 1]\n"  # fmt: skip
     code, _, err = chat(checkpoint, "", "--compare", str(checkpoint / "ckpt"), monkeypatch=monkeypatch, capsys=capsys)
-    assert code == 2 and err == "mm-chat: --compare needs --web (the terminal chat talks to one model)\n"
+    assert code == 2 and err == "mm-chat: error: --compare needs --web (the terminal chat talks to one model)\n"
     assert chat_main([str(checkpoint / "nowhere")]) == 2
-    assert capsys.readouterr().err.startswith(f"mm-chat: cannot load {checkpoint / 'nowhere'}:")
+    assert capsys.readouterr().err.startswith(f"mm-chat: error: cannot load {checkpoint / 'nowhere'}:")
 
 
 def test_a_failed_answer_leaves_the_conversation_as_it_was(checkpoint):

@@ -128,7 +128,7 @@ def test_a_refused_message_changes_nothing_and_stays_in_the_box(models, image, t
     message = {"text": "<image> here" if problem == "text" else QUESTION,
                "files": [str(image), str(broken)] if problem == "image" else [str(image)]}
     sampling = Sampling(temperature=-1) if problem == "sampling" else GREEDY
-    with pytest.warns(UserWarning, match={"image": "cannot open an image", "text": "upload button",
+    with pytest.warns(UserWarning, match={"image": "cannot open image broken.png", "text": "upload button",
                                           "sampling": "temperature"}[problem]):
         updates = list(web._respond(gr, models, GREEDY, message, None, sampling))
     (box, visitor, *panels), = updates

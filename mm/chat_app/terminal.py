@@ -3,6 +3,8 @@
 Lines starting with `/` are commands (`/image PATH`, `/reset`, `/save PATH`, `/help`, `/quit`); any other line
 is a message. On a terminal the answer streams as it is generated; when stdin is not a terminal (scripts,
 tests) nothing but the answers goes to stdout, one per line, and the first error ends the run with status 2.
+Input is read as UTF-8: a line that is not (binary data, another encoding) is such an error, naming the line,
+rather than being guessed at with replacement characters the model would then answer.
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ def run_terminal(session: ChatSession, stdin: TextIO | None = None, stdout: Text
         import readline  # noqa: F401  (line editing and history for input())
 
         print(f"mm-chat: {session.name} ready. /help lists the commands.", file=stderr)
+    number = 0
     while True:
-        line = _read_line(stdin, interactive)
-        if line is None:
-            return 0
-        line = line.strip()
-        if not line:
-            continue
+        number += 1
         try:
+            line = _read_line(stdin, interactive, number)
+            if line is None:
+                return 0
+            line = line.strip()
+            if not line:
+                continue
             if line in ("/quit", "/exit"):
                 return 0
             if line.startswith("/"):
@@ -54,16 +58,32 @@ def run_terminal(session: ChatSession, stdin: TextIO | None = None, stdout: Text
             print("\n(interrupted)", file=stderr)
 
 
-def _read_line(stdin: TextIO, interactive: bool) -> str | None:
-    if not interactive:
-        line = stdin.readline()
-        return line if line else None
+def _read_line(stdin: TextIO, interactive: bool, number: int) -> str | None:
+    """The next line (None at the end of input); a ChatError naming it when it is not UTF-8."""
     try:
+        if not interactive:  # bytes where there are any: the text layer's decoding error names no line
+            line = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+            return _utf8(line, number) if line else None
         return input("you> ")
+    except UnicodeDecodeError as error:
+        raise _not_utf8(error, number) from None
     except EOFError:
         return None
     except KeyboardInterrupt:
         return ""
+
+
+def _utf8(line: bytes | str, number: int) -> str:
+    try:
+        return line.decode("utf-8") if isinstance(line, bytes) else line
+    except UnicodeDecodeError as error:
+        raise _not_utf8(error, number) from None
+
+
+def _not_utf8(error: UnicodeDecodeError, number: int) -> ChatError:
+    byte = error.object[error.start]
+    return ChatError(f"stdin line {number} is not UTF-8 text (byte 0x{byte:02x} at offset {error.start}); "
+                     "mm-chat reads UTF-8")
 
 
 def _command(session: ChatSession, line: str) -> str:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mm.chat_app.session import ChatError, ChatSession, Sampling
+from mm.chat_app.session import ChatError, ChatSession, Sampling, open_picture
 
 CHAT_EXTRA = "pip install -e '.[chat]'"
 # Answers keep their exact whitespace (runs of spaces, newlines): plain text in a pre-wrap box.
@@ -136,16 +136,10 @@ def _check(sessions: list[ChatSession], text: str, files: list[str], sampling: S
     """Everything that can refuse a message, before any session changes: settings, text, images (opened
     by each model's own transform; the list per session)."""
     sampling.check()
-    token = sessions[0].image_token
-    if token in text:
-        raise ChatError(f"attach images with the upload button, not by writing {token}")
-    pictures = []
     for session in sessions:
-        try:
-            pictures.append([session.transform.open(Path(path)) for path in files])
-        except (OSError, ValueError) as error:
-            raise ChatError(f"cannot open an image: {error}") from None
-    return pictures
+        session.check_text(text)
+    # a bad or huge upload (a decompression bomb) is a warning in the page, not a traceback in the server log
+    return [[open_picture(session.transform, path, Path(path).name) for path in files] for session in sessions]
 
 
 def _stream_all(visitor: Visitor, text: str, shown_before: list[int]):
