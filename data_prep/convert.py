@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import sys
 import tarfile
 import threading
@@ -164,32 +163,72 @@ def _fingerprint(samples: list[Sample], image_bytes: dict[int, int], options: Co
     return digest.hexdigest()
 
 
-def _is_ours(path: Path) -> bool:
-    name = path.name
-    return (name.startswith("shard-") and (name.endswith(".tar") or name.endswith(".tar.tmp"))) or name in (
-        "manifest.json", "sizes.json", "rejected.jsonl", PROGRESS_DIR,
+_RESULT_FILES = ("manifest.json", "sizes.json", "rejected.jsonl")
+
+
+def looks_like_shard_set(name: str) -> bool:
+    """A name a conversion writes, or a shard reader reads, in a shard directory."""
+    return name.startswith("shard-") or name.endswith((".tar", ".tar.tmp")) or name in (
+        *_RESULT_FILES, "dropped.jsonl", PROGRESS_DIR,
     )  # fmt: skip
 
 
-def _prepare_out_dir(out_dir: Path, plan_fingerprint: str, overwrite: bool) -> None:
-    """Refuse (or with `overwrite`, clear) an output directory holding a different conversion."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"{out_dir} exists and is not a directory")
-    plan_path = out_dir / PROGRESS_DIR / PLAN_FILE
+def _read_plan(out_dir: Path) -> dict | None:
     try:
-        saved = json.loads(plan_path.read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError):
-        saved = None
-    ours = sorted(p for p in out_dir.iterdir() if _is_ours(p)) if out_dir.exists() else []
-    if saved != plan_fingerprint and ours:
+        plan = json.loads((out_dir / PROGRESS_DIR / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def _earlier_files(out_dir: Path, plan: dict) -> set[str]:
+    """The files in `out_dir` an earlier conversion wrote: those its plan lists (a plan from before they were
+    listed: the shards whose result it saved, and the result files)."""
+    files = plan.get("files")
+    if not isinstance(files, list):
+        files = [path.name.removesuffix(".json") for path in (out_dir / PROGRESS_DIR).glob("shard-*.tar.json")]
+        files += [path.name.removesuffix(".tmp") for path in out_dir.glob("shard-[0-9]*.tar.tmp")]  # killed mid-shard
+        files += _RESULT_FILES
+    names = {name for name in files if isinstance(name, str) and Path(name).name == name}
+    return names | {name + ".tmp" for name in names}
+
+
+def _prepare_out_dir(out_dir: Path, plan_fingerprint: str, files: list[str], overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, clear) an output directory holding a different conversion. Only files an
+    earlier conversion recorded as its own are removed: shards that are not (another command's, copied in)
+    are refused, with or without `overwrite`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"--out {out_dir} exists and is not a directory")
+    plan = _read_plan(out_dir)
+    present = sorted(path.name for path in out_dir.iterdir() if looks_like_shard_set(path.name)) if out_dir.exists() else []
+    if present and (plan or {}).get("fingerprint") != plan_fingerprint:
         if not overwrite:
             raise OutputDirError(
                 f"{out_dir} holds shards from a different conversion (other input or options); "
                 "use another --out or pass --overwrite to replace them"
             )
-        for path in ours:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    write_json_atomic(plan_path, {"fingerprint": plan_fingerprint})
+        _remove_earlier_conversion(out_dir, plan, present)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputDirError(f"--out {out_dir} is not writable")
+    write_json_atomic(out_dir / PROGRESS_DIR / PLAN_FILE, {"fingerprint": plan_fingerprint, "files": files})
+
+
+def _remove_earlier_conversion(out_dir: Path, plan: dict | None, present: list[str]) -> None:
+    if plan is None:
+        raise OutputDirError(f"{out_dir} holds shards mm-prep did not convert there (no {PROGRESS_DIR}/{PLAN_FILE}); "
+                             "--overwrite replaces only an earlier conversion: use another --out")  # fmt: skip
+    ours = _earlier_files(out_dir, plan)
+    foreign = [name for name in present if name not in ours and name != PROGRESS_DIR]
+    if foreign:
+        raise OutputDirError(f"{out_dir}: {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''} beside an earlier "
+                             "conversion were not written by it; move them away or use another --out")  # fmt: skip
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputDirError(f"--out {out_dir} is not writable")
+    # the manifest first: a reader never sees the old manifest over missing shards
+    for name in sorted(ours & set(present), key=lambda name: (name != "manifest.json", name)):
+        (out_dir / name).unlink()
+        (out_dir / PROGRESS_DIR / f"{name}.json").unlink(missing_ok=True)
 
 
 def _run_tasks(tasks: list[ShardTask], workers: int, bar: tqdm) -> list[ShardResult]:
@@ -272,7 +311,7 @@ def convert(samples: list[Sample], rejections: list[Rejection], options: Convert
     names = [f"shard-{i:06d}.tar" for i in range(len(shards))]
     fingerprints = [_fingerprint(shard, image_bytes, options) for shard in shards]
     plan_fingerprint = hashlib.sha256(json.dumps([names, fingerprints]).encode()).hexdigest()
-    _prepare_out_dir(out_dir, plan_fingerprint, options.overwrite)
+    _prepare_out_dir(out_dir, plan_fingerprint, [*names, *_RESULT_FILES], options.overwrite)
     tasks = [ShardTask(str(out_dir), name, shard, fp, options.check, options.max_image_side)
              for name, shard, fp in zip(names, shards, fingerprints)]  # fmt: skip
     done = {task.name: load_completed(task) for task in tasks}
@@ -282,8 +321,8 @@ def convert(samples: list[Sample], rejections: list[Rejection], options: Convert
               disable=not options.progress, dynamic_ncols=True) as bar:  # fmt: skip
         for result in _run_tasks(todo, options.workers, bar):
             done[result.name] = result
-    for stale in out_dir.glob("shard-*.tar.tmp"):
-        stale.unlink()
+    for name in names:  # a killed run's partial shards; this plan's names only
+        (out_dir / f"{name}.tmp").unlink(missing_ok=True)
     results = [done[name] for name in names]
     rejected = sorted([r.to_json() for r in (*rejections, *missing, *duplicates)] + [r for res in results for r in res.rejected],
                       key=lambda row: row["index"])  # fmt: skip

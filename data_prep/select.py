@@ -37,7 +37,9 @@ deterministic headers `mm-prep` writes), cut into shards of at most `--samples-p
 rule, the scores file (path, sha256), the parent directory and shards, and kept/dropped counts per reason
 (`rejected_by_reason` = the dropped counts, `duplicate_of:*` counted as `duplicate_of`);
 `dropped.jsonl`: one line per dropped sample in shard order: `{"key", "id", "source", "reason", ...}`.
-Each file is written as a temporary file and renamed; the manifest last.
+Each file is written as a temporary file and renamed; the manifest last. `mm-select.json`, written first,
+lists these files: `--overwrite` replaces an earlier selection by removing exactly them, and refuses a
+folder holding anything select did not write (another command's shards, say).
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ import math
 import operator
 import os
 import random
-import shutil
 import sys
 import tarfile
 from collections import Counter
@@ -677,21 +678,77 @@ def _file_sha256(path: Path) -> str | None:
         return None
 
 
-_OURS = ("manifest.json", "sizes.json", "dropped.jsonl", "rejected.jsonl", PROGRESS_DIR)
+SELECTION_MARKER = "mm-select.json"
+"""Written into --out before anything else: that the folder holds a selection, and the files select writes
+there. `--overwrite` removes those files and nothing else."""
+_SELECTION_FILES = ("dropped.jsonl", "sizes.json", "manifest.json")
 
 
-def _prepare_out(out: Path, parent: Path, overwrite: bool) -> None:
+def _shard_names(count: int) -> list[str]:
+    return [f"shard-{number:06d}.tar" for number in range(count)]
+
+
+def _earlier_selection(out: Path) -> list[str] | None:
+    """The files an earlier `mm-prep select` wrote in `out` (its marker's list; for a selection written before
+    the marker existed, its manifest's shards and files), or None if nothing shows that select wrote them."""
+    try:
+        marker = json.loads((out / SELECTION_MARKER).read_text(encoding="utf-8"))
+        if marker.get("written_by") == "mm-prep select" and all(isinstance(f, str) for f in marker["files"]):
+            return [name for name in marker["files"] if Path(name).name == name]  # names in `out`, nothing else
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if isinstance(manifest.get("selection"), dict):
+            shards = [entry["name"] for entry in manifest["shards"]]
+            if all(isinstance(name, str) and name.startswith("shard-") and Path(name).name == name for name in shards):
+                return [*shards, *_SELECTION_FILES]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def _looks_like_shards(name: str) -> bool:
+    """A name a shard reader would take for part of the selection, so it must not sit beside one."""
+    return name.startswith("shard-") or ".tar" in name or name in (*_SELECTION_FILES, "rejected.jsonl", PROGRESS_DIR)
+
+
+def _prepare_out(out: Path, parent: Path, overwrite: bool, files: list[str]) -> None:
+    """Make `out` ready for a selection of `files`: empty, or (with `overwrite`) holding an earlier selection,
+    whose files alone are removed. Anything select did not write is never removed: a folder holding other
+    files is refused, with or without `overwrite`."""
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"--out {out} exists and is not a directory")
     if out.resolve() == parent.resolve():
         raise OutputDirError(f"--out {out} is the shard directory being selected from")
-    entries = sorted(out.iterdir()) if out.exists() else []
+    entries = sorted(path.name for path in out.iterdir()) if out.exists() else []
     if entries and not overwrite:
-        raise OutputDirError(f"--out {out} is not empty ({len(entries)} entries); use another --out or pass --overwrite")
-    for path in entries:  # manifest first: a reader never sees the old manifest over missing shards
-        if path.name in _OURS or (path.name.startswith("shard-") and ".tar" in path.name):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise OutputDirError(f"--out {out} is not empty ({len(entries)} entries); use another --out or pass --overwrite "
+                             "(it replaces an earlier selection only)")  # fmt: skip
+    if entries:
+        _remove_earlier_selection(out, entries)
     out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputDirError(f"--out {out} is not writable")
+    write_json_atomic(out / SELECTION_MARKER, {"written_by": "mm-prep select", "files": [*files, SELECTION_MARKER]})
+
+
+def _remove_earlier_selection(out: Path, entries: list[str]) -> None:
+    earlier = _earlier_selection(out)
+    if earlier is None:
+        raise OutputDirError(f"--out {out} holds files mm-prep select did not write (no {SELECTION_MARKER} or selection "
+                             "manifest); it replaces only an earlier selection, even with --overwrite: use another --out")
+    ours = {*earlier, *(name + ".tmp" for name in earlier), SELECTION_MARKER}
+    foreign = [name for name in entries if name not in ours and _looks_like_shards(name)]
+    if foreign:
+        raise OutputDirError(f"--out {out}: {_example(foreign)} beside an earlier selection were not written by "
+                             "mm-prep select; move them away or use another --out")  # fmt: skip
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputDirError(f"--out {out} is not writable")
+    # the manifest first: a reader never sees the old manifest over missing shards
+    for name in sorted(ours & set(entries), key=lambda name: (name != "manifest.json", name == SELECTION_MARKER, name)):
+        if name != SELECTION_MARKER and (out / name).is_file():
+            (out / name).unlink()
 
 
 def _plan_output(kept: list[ParentSample], samples_per_shard: int, max_shard_bytes: int) -> list[list[ParentSample]]:
@@ -721,14 +778,14 @@ def _iter_raw(directory: Path, shard: str) -> Iterator[tuple[str, list[tuple[str
         yield current, members
 
 
-def write_selection(directory: Path, out: Path, kept: list[ParentSample], samples_per_shard: int,
-                    max_shard_bytes: int) -> list[dict]:  # fmt: skip
-    """Copy the kept samples' members into new shards; returns their manifest entries."""
-    plan = _plan_output(kept, samples_per_shard, max_shard_bytes)
+def write_selection(directory: Path, out: Path, plan: list[list[ParentSample]]) -> list[dict]:
+    """Copy the planned samples' members into new shards (`plan`: the samples of each, in parent order);
+    returns their manifest entries."""
+    kept = [sample for shard in plan for sample in shard]
     target = {s.position: (number, s) for number, shard in enumerate(plan) for s in shard}
     wanted = {(s.shard, s.key): s.position for s in kept}
     entries, writers = [], {}
-    names = [f"shard-{number:06d}.tar" for number in range(len(plan))]
+    names = _shard_names(len(plan))
 
     def close(number: int) -> None:
         file, stream, shard = writers.pop(number)
@@ -777,8 +834,9 @@ def select(directory: str | Path, scores_path: str | Path, out: str | Path, rule
     parent = scan_parent(directory)
     rows = match_scores(parent, scores, directory)
     decision = decide(parent, rows, scores, rule)
-    _prepare_out(out, directory, overwrite)
-    entries = write_selection(directory, out, decision.kept, samples_per_shard, max_shard_bytes)
+    plan = _plan_output(decision.kept, samples_per_shard, max_shard_bytes)
+    _prepare_out(out, directory, overwrite, [*_shard_names(len(plan)), *_SELECTION_FILES])
+    entries = write_selection(directory, out, plan)
     parent_manifest = {}
     if (directory / "manifest.json").exists():
         parent_manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
@@ -840,7 +898,9 @@ def add_select_command(commands) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of --random and of quota draws without --by")
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="most samples per output shard")
     parser.add_argument("--max-shard-bytes", type=int, default=1_000_000_000, help="most bytes per output shard")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier selection in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an earlier selection in --out (the files its {SELECTION_MARKER} lists; a folder "
+                             "holding anything else is refused)")
     parser.set_defaults(run=cmd_select)
     return parser
 
