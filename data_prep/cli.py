@@ -12,7 +12,49 @@ from data_prep.convert import ConversionInterrupted, ConvertOptions, ConvertResu
 from data_prep.images import CHECK_MODES
 from data_prep.records import SHORT_ANSWER_SUFFIX
 from data_prep.score import add_score_command
-from mm.cli_errors import run_cli
+from mm.cli_errors import BadInput, run_cli
+
+MAX_SYNTH_IMAGE_SIZE = 4096
+"""Largest --image-size synth draws (at 4x supersampling a 4096 px scene is already 800 MB of pixels)."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad option is one `mm-prep CMD: error: ...` line and status 2, as every other bad input, not argparse's
+    usage block (`--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(minimum: int):
+    """An argparse type: a whole number >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _input_file(path: str, option: str) -> None:
+    """Refuse an input file that cannot be read, naming the option, before any work is done."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise BadInput(f"{option} {path}: {error.strerror or error}") from None
+
+
+def _image_root(path: str) -> None:
+    """A root that is a file is a mistake; a missing one is not refused (text-only data and embedded images need
+    none; records whose images it should hold are counted as missing_image)."""
+    if os.path.lexists(path) and not Path(path).is_dir():
+        raise BadInput(f"--image-root {path}: not a directory")
 
 
 def _default_workers() -> int:
@@ -26,14 +68,16 @@ def _add_shard_options(parser: argparse.ArgumentParser, samples_per_shard: int =
     group = parser.add_argument_group("shards")
     group.add_argument("--out", required=True, help="output directory")
     group.add_argument("--seed", type=int, default=0, help="seed of the shuffle (and of generation for synth)")
-    group.add_argument("--samples-per-shard", type=int, default=samples_per_shard, help="most samples per shard")
-    group.add_argument("--max-shard-bytes", type=int, default=1_000_000_000, help="most bytes per shard (estimated)")
-    group.add_argument("--workers", type=int, default=_default_workers(), help="processes writing shards (one shard each)")
-    group.add_argument("--max-image-side", type=int, default=None,
+    group.add_argument("--samples-per-shard", type=_at_least(1), default=samples_per_shard, help="most samples per shard")
+    group.add_argument("--max-shard-bytes", type=_at_least(1), default=1_000_000_000, help="most bytes per shard (estimated)")
+    group.add_argument("--workers", type=_at_least(1), default=_default_workers(), help="processes writing shards (one shard each)")
+    group.add_argument("--max-image-side", type=_at_least(1), default=None,
                        help="re-encode images whose longer side exceeds this (default: copy bytes verbatim)")
     group.add_argument("--check", choices=CHECK_MODES, default="fast",
                        help="image check: fast (headers + integrity markers) or full (decode every image)")
-    group.add_argument("--overwrite", action="store_true", help="replace a different earlier conversion in --out")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace a different earlier conversion in --out (only the files it recorded as its own; "
+                            "a folder holding other shards is refused)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,6 +103,8 @@ def _report(result: ConvertResult, label: str = "") -> None:
 def cmd_llava(args: argparse.Namespace) -> None:
     from data_prep.llava import load_llava
 
+    _input_file(args.annotations, "--annotations")
+    _image_root(args.image_root)
     source = args.source or Path(args.annotations).stem
     samples, rejections, total = load_llava(args.annotations, args.image_root, source, args.source_by_image_dir,
                                             allow_outside_root=args.allow_outside_root)  # fmt: skip
@@ -70,6 +116,10 @@ def cmd_llava(args: argparse.Namespace) -> None:
 def cmd_vqa(args: argparse.Namespace) -> None:
     from data_prep.vqa import load_prompt_pool, load_vqa
 
+    for path, option in ((args.questions, "--questions"), (args.annotations, "--annotations"), (args.prompt_pool, "--prompt-pool")):
+        if path is not None:
+            _input_file(path, option)
+    _image_root(args.image_root)
     pool = load_prompt_pool(args.prompt_pool) if args.prompt_pool else [args.prompt_suffix]
     samples, rejections, total = load_vqa(
         args.questions, args.annotations, args.image_root, source=args.source, image_pattern=args.image_pattern,
@@ -84,6 +134,8 @@ def cmd_vqa(args: argparse.Namespace) -> None:
 def cmd_pref(args: argparse.Namespace) -> None:
     from data_prep.pref import VLFEEDBACK_RATING, load_pref
 
+    _input_file(args.annotations, "--annotations")
+    _image_root(args.image_root)
     source = args.source or Path(args.annotations).stem
     samples, rejections, total = load_pref(args.annotations, args.image_root, source, args.format,
                                            allow_outside_root=args.allow_outside_root)  # fmt: skip
@@ -103,6 +155,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from data_prep.synth.generate import SynthConfig, write_train
     from data_prep.synth.world import WorldConfig
 
+    if args.image_size > MAX_SYNTH_IMAGE_SIZE:
+        raise BadInput(f"--image-size must be at most {MAX_SYNTH_IMAGE_SIZE}, got {args.image_size}")
     world = WorldConfig(
         image_size=args.image_size, grid=args.grid, shapes=tuple(args.shapes.split(",")),
         colors=tuple(args.colors.split(",")), min_objects=args.min_objects, max_objects=args.max_objects,
@@ -144,7 +198,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mm-prep", description="Datasets -> validated webdataset shards.")
+    parser = _OneLineParser(prog="mm-prep", description="Datasets -> validated webdataset shards.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     llava = commands.add_parser("llava", help="LLaVA JSON/JSONL annotations + image folder -> shards")
@@ -237,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_cli(f"mm-prep {args.command}", run,
-                   bad_input=(OutputDirError, ConversionInterrupted, FileNotFoundError, ValueError))
+                   bad_input=(OutputDirError, ConversionInterrupted, FileNotFoundError, ValueError,
+                              PermissionError, IsADirectoryError, NotADirectoryError))  # each names its path
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import string
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,24 @@ def _question_turn(question: dict, suffix: str, first: bool) -> dict:
     return {"from": "human", "value": f"{IMAGE_TOKEN}\n{text}" if first else text}
 
 
+def _check_pattern(pattern: str) -> None:
+    """Only the two fields, plain: `{image_id.__class__}` would reach into Python objects, and a width like
+    `{image_id:>999999999}` would build a gigabyte name."""
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as error:
+        raise ValueError(f"--image-pattern {pattern!r} cannot be formatted: {error}") from None
+    for name, spec in fields:
+        if name not in ("image_id", "data_subtype"):
+            raise ValueError(f"--image-pattern {pattern!r} cannot be formatted: field {{{name}}} is not {{image_id}} "
+                             "or {data_subtype}")  # fmt: skip
+        if "{" in spec or re.search(r"\d{4,}", spec):
+            raise ValueError(f"--image-pattern {pattern!r} cannot be formatted: {spec!r} is not a plain format "
+                             "(a width under 1000)")  # fmt: skip
+
+
 def _image_name(image_id: int, pattern: str, data_subtype: str | None) -> str:
+    _check_pattern(pattern)
     try:
         name = pattern.format(image_id=image_id, data_subtype=data_subtype)
     except (KeyError, ValueError, IndexError) as error:
