@@ -48,7 +48,10 @@ def write_checkpoint(model, directory: str | os.PathLike, *, source: str | None 
 
 def read_config(directory: str | os.PathLike) -> VLMConfig:
     """The VLMConfig stored in a checkpoint directory (architectures inline)."""
-    payload = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    try:
+        payload = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    except RecursionError:  # not a ValueError, yet just as much a broken file
+        raise ValueError(f"{Path(directory) / CONFIG_NAME} is nested deeper than a config can be") from None
     version = payload.pop("format_version", None)
     payload.pop("mm_version", None)
     if version != FORMAT_VERSION:

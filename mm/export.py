@@ -7,8 +7,8 @@ import argparse
 import sys
 
 import mm
-from mm.cli_errors import run_cli
-from mm.export_target import ExportTargetError, check_export_target
+from mm.cli_errors import BadInput, one_line, run_cli
+from mm.export_target import check_export_target, source_identity
 
 FORMATS = {  # subcommand -> (mm.llava exporter, help)
     "hf-llava": ("export_llava_hf",
@@ -25,11 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in FORMATS.items():
         command = formats.add_parser(name, help=help_text)
         command.add_argument("checkpoint", help="mm checkpoint directory (from save_pretrained / mm-train)")
-        command.add_argument("out", help="output directory; an earlier export there is replaced, other folders are "
-                                         "refused")
+        command.add_argument("out", help="output directory; an earlier export of this checkpoint written there is "
+                                         "replaced, any other existing folder is refused")
         command.add_argument("--overwrite", action="store_true",
-                             help="write into an existing folder that is not an earlier export (only the export's "
-                                  "own files are replaced; other files, and the checkpoint itself, are never touched)")
+                             help="write into an existing folder that is not an earlier export of this checkpoint (only "
+                                  "the export's own files are replaced; other files, and the checkpoint itself, are "
+                                  "never touched)")
         command.add_argument("--dtype", default=None, help="cast weights first: float32, bfloat16 or float16")
     return parser
 
@@ -41,25 +42,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from mm import llava  # torch and transformers: not for --help or a refusal
+    from mm.loading import INFERENCE_DTYPES
 
-    try:  # before loading: a refused folder should not cost a model load
-        check_export_target(args.out, sources=[args.checkpoint], overwrite=args.overwrite)
-    except ExportTargetError as err:
-        print(f"mm-export: {err}", file=sys.stderr)
-        return 2
+    # before loading: a refused option or folder should not cost a model load
+    if args.dtype is not None and args.dtype not in INFERENCE_DTYPES:
+        raise BadInput(f"--dtype {args.dtype!r} is not one of {', '.join(INFERENCE_DTYPES)}")
+    source = source_identity(args.checkpoint, "checkpoint")
+    check_export_target(args.out, sources=[args.checkpoint], source=source, overwrite=args.overwrite)
     try:
         model = mm.load_pretrained(args.checkpoint, torch_dtype=args.dtype)
     except (OSError, ValueError) as err:
-        print(f"mm-export: cannot load {args.checkpoint}: {err}", file=sys.stderr)
-        return 2
+        raise BadInput(f"cannot load {args.checkpoint}: {one_line(err)}") from err
     try:
-        getattr(llava, FORMATS[args.format][0])(model, args.out)
+        getattr(llava, FORMATS[args.format][0])(model, args.out, source=source, overwrite=args.overwrite)
     except llava.LlavaIncompatible as err:
-        print(f"mm-export: cannot export {args.checkpoint} as {args.format}: {err}", file=sys.stderr)
-        return 2
+        raise BadInput(f"cannot export {args.checkpoint} as {args.format}: {one_line(err)}") from err
     except OSError as err:  # disk full, a folder removed or made read-only while the model loaded
-        print(f"mm-export: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
-        return 2
+        raise BadInput(f"cannot write {args.out}: {err.strerror or err}") from err
     print(f"wrote {args.out}")
     return 0
 

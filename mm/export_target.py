@@ -1,8 +1,10 @@
 """Export folders: where an export may go, and writing one without destroying anything that is not ours.
 
-An export folder lists the files its export wrote in `.mm-export.json`. A folder holding anything else
-(a user's files, a training run, the checkpoint being exported) is refused unless overwrite is asked for,
-and even then only the export's own files in it are replaced; the source itself is never written into.
+An export folder records in `.mm-export.json` the files its export wrote, where it wrote them and what it was
+made from (`source_identity`). Only a folder whose record names this very folder and the same source is ours
+to replace: a copy of an export (`cp -r run1/export other`), an export of another source, one made before
+exports recorded their source, or any other folder needs overwrite, and even then only the files the new
+export writes are replaced; nothing else there is removed, and the source itself is never written into.
 """
 
 from __future__ import annotations
@@ -11,42 +13,62 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mm.atomic import default_mode, new_file_mode
+from mm.cli_errors import BadInput
 
 MARKER = ".mm-export.json"
+# A record is a short list of names; anything longer was not written by an export.
+MARKER_MAX_BYTES = 1 << 20
 # Found in a training run's root / log folder; an export never writes them.
 RUN_FOLDER_SIGNS = ("checkpoints", "logs", "lightning_logs", "hparams.yaml", "config.yaml", "metrics.csv")
+# What a checkpoint folder holds (mm's config, llava-hf's): a target inside one would change that checkpoint.
+CHECKPOINT_SIGNS = ("mm_config.json", "config.json")
 
 
-class ExportTargetError(ValueError):
+class ExportTargetError(BadInput):
     """An export must not be written there; the message names the folder and the option that allows it."""
 
 
+def source_identity(source: str | os.PathLike, kind: str) -> str:
+    """What an export records as made from: `kind` (checkpoint, run) and the source's resolved path; a Hub
+    id as given. The path, not the content: a source trained further is still the same source, and a copy
+    of it, elsewhere, is not."""
+    path = Path(source)
+    return f"{kind} {path.resolve() if path.exists() else source}"
+
+
 def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os.PathLike | None] = (),
-                        overwrite: bool = False, option: str = "--overwrite") -> Path:
+                        source: str | None = None, overwrite: bool = False, option: str = "--overwrite") -> Path:
     """Raise ExportTargetError unless exporting to `target` destroys nothing; returns it resolved.
 
     `sources` are the folders the export is made from (checkpoint, run root, log folder): never written into,
-    and a target containing one needs `overwrite`, as does any existing folder that is not an earlier export.
+    and a target containing one needs `overwrite`, as does any existing folder that is not an earlier export
+    of `source` (a `source_identity`) written to this very folder.
     """
+    _refuse_dangling_link(Path(target))
     target = Path(target).resolve()
-    sources = [Path(source).resolve() for source in sources if source]
-    if target in sources:
-        raise ExportTargetError(f"{target} is what the export is made from (checkpoint or run folder); choose another output folder")
+    sources = [Path(folder).resolve() for folder in sources if folder]
+    _refuse_writing_into_a_source(target, sources)
     if not target.exists():
         # Its folder is created when the export is written, after the model load: a file where a parent
         # folder should be, or a parent we cannot write in, must be refused now.
         ancestor = next(parent for parent in target.parents if parent.exists())
-        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        if not ancestor.is_dir() or not _writable(ancestor):
             kind = "is not a folder" if not ancestor.is_dir() else "is not writable"
             raise ExportTargetError(f"{target} cannot be created: {ancestor} {kind}; choose another output folder")
         return target
     if not target.is_dir():
         raise ExportTargetError(f"{target} exists and is not a folder; choose another output folder")
-    problem = _why_not_replaceable(target, sources)
+    # The new export is written beside the target, then moved into it: both must be writable, or the export
+    # would fail only after a model load and a full copy written.
+    for folder in (target, target.parent):
+        if not _writable(folder):
+            raise ExportTargetError(f"{target} cannot be written: {folder} is not writable; choose another output "
+                                    "folder or make it writable")
+    problem = _why_not_replaceable(target, sources, source)
     if problem and not overwrite:
         raise ExportTargetError(
             f"{target} {problem}; pass {option} to write the export's own files into it (nothing else there is touched)"
@@ -54,43 +76,98 @@ def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os
     return target
 
 
-def _why_not_replaceable(target: Path, sources: list[Path]) -> str | None:
+def _refuse_dangling_link(target: Path) -> None:
+    """A link to nowhere would have the export created wherever it points; one to a folder is that folder."""
+    if target.is_symlink() and not target.exists():
+        raise ExportTargetError(f"{target} is a symlink to {os.readlink(target)}, which does not exist; name a "
+                                "folder, not a dangling link")
+
+
+def _refuse_writing_into_a_source(target: Path, sources: list[Path]) -> None:
     for source in sources:
-        if target in source.parents:
-            return f"contains the source {source}"
+        if target == source:
+            raise ExportTargetError(f"{target} is what the export is made from (checkpoint or run folder); choose "
+                                    "another output folder")
+        if source in target.parents and any((source / name).is_file() for name in CHECKPOINT_SIGNS):
+            raise ExportTargetError(f"{target} is inside the checkpoint {source} the export is made from; choose "
+                                    "an output folder outside it")
+
+
+def _writable(folder: Path) -> bool:
+    """Listable and writable by us (root too: `os.access` says False on a read-only file system)."""
+    return os.access(folder, os.R_OK | os.W_OK | os.X_OK)
+
+
+def _why_not_replaceable(target: Path, sources: list[Path], source: str | None) -> str | None:
+    for folder in sources:
+        if target in folder.parents:
+            return f"contains the source {folder}"
     signs = [name for name in RUN_FOLDER_SIGNS if (target / name).exists()] + [p.name for p in target.glob("*.ckpt")]
     if signs:
         return f"looks like a training run folder (it has {', '.join(signs)})"
-    if any(target.iterdir()) and not _is_earlier_export(target):
-        return "exists and is not an earlier mm export"
+    if any(target.iterdir()):
+        return _why_not_ours(target, source)
     return None
 
 
-def _is_earlier_export(folder: Path) -> bool:
-    """Ours: the marker, or (exports made before it existed) an mm checkpoint or a llava-hf config."""
-    if (folder / MARKER).is_file() or (folder / "mm_config.json").is_file():
-        return True
-    try:
-        return json.loads((folder / "config.json").read_text()).get("model_type") == "llava"
-    except (OSError, ValueError, AttributeError):
-        return False
+def _why_not_ours(folder: Path, source: str | None) -> str | None:
+    """None if `folder` holds an export of `source` written right there; else what it holds instead."""
+    record = _export_record(folder)
+    if record is None:
+        if (folder / MARKER).exists() or any((folder / name).exists() for name in CHECKPOINT_SIGNS):
+            return (f"holds a checkpoint or export that does not record its source and place in {MARKER} "
+                    "(another tool's, or made before mm recorded them)")
+        return "exists and is not an earlier mm export"
+    if record["written_to"] != str(folder):
+        return f"holds an export written to {_shown(record['written_to'])} and copied or moved here"
+    if record["source"] != source:
+        return f"holds an export of another source ({_shown(record['source'])}, not {_shown(source)})"
+    return None
 
 
-def _earlier_export_files(folder: Path) -> set[str]:
+def _shown(recorded: str | None, limit: int = 200) -> str:
+    """A recorded value for an error line: quoted (newlines escaped) and cut short (the file is anyone's)."""
+    text = repr(recorded)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _export_record(folder: Path) -> dict | None:
+    """The folder's `.mm-export.json` if it is a well-formed record of ours, else None."""
+    path = folder / MARKER
     try:
-        return set(json.loads((folder / MARKER).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        if not path.is_file() or path.stat().st_size > MARKER_MAX_BYTES:
+            return None
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested past the parser's depth
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("written_to"), str):
+        return None
+    source, files = record.get("source", ""), record.get("files")  # a record without a source: not ours
+    if not (source is None or (isinstance(source, str) and source)) or not isinstance(files, list):
+        return None
+    if not all(isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..") for name in files):
+        return None
+    return record
+
+
+def _claimed_files(folder: Path, source: str | None) -> set[str] | None:
+    """The files our earlier export of `source` wrote in `folder`, or None if it holds no such export."""
+    if _why_not_ours(folder, source) is not None:
+        return None
+    return set(_export_record(folder)["files"])
 
 
 class export_directory:
     """Context manager: yields an empty temp folder beside `target`; on success its (flat) files become the
-    export. A target holding only an earlier export's files is swapped for the new folder in one rename;
-    one that also holds other files keeps them: ours are moved in one by one, stale ones of ours removed.
-    On an error the target is left as it was."""
+    export. A target holding only our earlier export of `source` is swapped for the new folder in one
+    rename; a target holding other files keeps them: ours are moved in one by one, stale ones of ours
+    removed. A non-empty target that is not ours needs `overwrite` (ExportTargetError otherwise), and then
+    only the new export's files are moved in. On an error the target is left as it was and the temp folder
+    removed."""
 
-    def __init__(self, target: str | os.PathLike) -> None:
+    def __init__(self, target: str | os.PathLike, *, source: str | None = None, overwrite: bool = False) -> None:
         self.target = Path(target).resolve()
+        self.source, self.overwrite = source, overwrite
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -106,23 +183,55 @@ class export_directory:
 
     def _publish(self) -> None:
         written = sorted(os.listdir(self.tmp))
-        (self.tmp / MARKER).write_text(json.dumps({"files": written}, indent=2) + "\n")
+        record = {"files": written, "written_to": str(self.target), "source": self.source}
+        (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
         for name in [*written, MARKER]:  # some writers (and mkdtemp) make files private to the owner
             os.chmod(self.tmp / name, default_mode(directory=(self.tmp / name).is_dir()))
-        os.chmod(self.tmp, new_file_mode(self.target, directory=True))
+        # the folder's mode is set once it is in place: a temp folder made read-only could not be removed
+        mode = new_file_mode(self.target, directory=True)
         if not self.target.exists():
             os.replace(self.tmp, self.target)
+            os.chmod(self.target, mode)
             return
-        earlier, present = _earlier_export_files(self.target), set(os.listdir(self.target))
-        if present <= earlier | set(written) | {MARKER}:
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        claimed = self._claimed_or_refuse()
+        present = set(os.listdir(self.target))
+        if claimed is not None and present <= claimed | set(written) | {MARKER}:
+            self._swap()
+            os.chmod(self.target, mode)
+            return
+        self._merge(written, stale=((claimed or set()) & present) - set(written) - {MARKER})
+
+    def _claimed_or_refuse(self) -> set[str] | None:
+        """Our earlier export's files; None for a folder not ours, which only `overwrite` lets us write in.
+        Checked again here: the folder may have changed since the command started (a training run)."""
+        claimed = _claimed_files(self.target, self.source)
+        if claimed is None and not self.overwrite and any(self.target.iterdir()):
+            raise ExportTargetError(f"{self.target} {_why_not_ours(self.target, self.source)}; the export was not "
+                                    "written (overwrite writes the export's own files into it)")
+        return claimed
+
+    def _swap(self) -> None:
+        old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        try:
             os.replace(self.target, old / "previous")
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-            return
+            try:
+                os.replace(self.tmp, self.target)
+            except BaseException:
+                os.replace(old / "previous", self.target)  # the earlier export back in its place
+                raise
+        finally:
+            if self.target.exists():  # else the earlier export is only in `old`: never delete that one
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _merge(self, written: list[str], stale: set[str]) -> None:
+        # A folder where a file of ours goes would fail the move halfway: refuse before moving any.
+        blocking = [name for name in written if (self.target / name).is_dir() and not (self.target / name).is_symlink()]
+        if blocking:
+            raise ExportTargetError(f"{self.target} holds a folder {blocking[0]!r} where the export writes a file; "
+                                    "move it away or choose another output folder")
         for name in [*written, MARKER]:  # the marker last: it lists the files once they are all in place
             os.replace(self.tmp / name, self.target / name)
-        for stale in (earlier & present) - set(written) - {MARKER}:  # only names that are in the folder
-            path = self.target / stale
+        for name in stale:  # only names that are in the folder
+            path = self.target / name
             if path.is_file() and not path.is_symlink():
                 path.unlink()

@@ -202,10 +202,11 @@ def llava_feature_layer(select_layer: int, num_layers: int) -> int:
     return select_layer - (num_layers + 1) if select_layer == 0 else select_layer
 
 
-def export_llava_hf(model, out_dir: str | Path, model_type: str = "llava") -> None:
+def export_llava_hf(model, out_dir: str | Path, model_type: str = "llava", *, source: str | None = None,
+                    overwrite: bool = False) -> None:
     """Write a `LlavaForConditionalGeneration` directory (`LlavaNextForConditionalGeneration` for model_type
-    'llava_next'): config, weights, tokenizer, processor. An earlier export there is replaced in one rename;
-    other files in it are kept (see mm.export_target)."""
+    'llava_next'): config, weights, tokenizer, processor. Our earlier export of the same `source` there is
+    replaced in one rename; other files in it are kept; anything else needs `overwrite` (see mm.export_target)."""
     llava_config = llava_config_for(model, model_type)
     processor = processor_for(model, llava_config.vision_feature_select_strategy)
     with torch.device("meta"):
@@ -218,15 +219,15 @@ def export_llava_hf(model, out_dir: str | Path, model_type: str = "llava") -> No
                          f"unexpected {unexpected}")
     # generate() there stops where mm's does (e.g. at <|im_end|>, or at "\n" for plain captions)
     llava.generation_config.eos_token_id = stop_token_ids(model.tokenizer, model.config.chat_template)
-    with export_directory(out_dir) as tmp:
+    with export_directory(out_dir, source=source, overwrite=overwrite) as tmp:
         llava.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))  # tokenizer, chat_template.jinja, processor_config.json
         processor.image_processor.save_pretrained(str(tmp))  # preprocessor_config.json, for transformers 4 readers
 
 
-def export_llava_next_hf(model, out_dir: str | Path) -> None:
+def export_llava_next_hf(model, out_dir: str | Path, **ownership) -> None:
     """`export_llava_hf` as a `LlavaNextForConditionalGeneration` directory (anyres models)."""
-    export_llava_hf(model, out_dir, "llava_next")
+    export_llava_hf(model, out_dir, "llava_next", **ownership)
 
 
 def _ours_to_llava(state: dict[str, torch.Tensor], llm_prefix: str) -> dict[str, torch.Tensor]:

@@ -234,10 +234,11 @@ class VisionLanguageModel(nn.Module):
             llm=resolved_llm_config(self.config.llm, self.llm),
         )
 
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory, *, source: str | None = None, overwrite: bool = False) -> None:
         """Write a self-contained checkpoint directory (`mm.checkpoint`'s format; `mm.load_pretrained` reads it).
-        An earlier export there is replaced in one rename; other files in it are kept (see mm.export_target)."""
-        write_checkpoint(self, directory)
+        An earlier save of the same `source` there is replaced in one rename; other files in it are kept; a
+        folder holding anything else needs `overwrite` (see mm.checkpoint.write_checkpoint)."""
+        write_checkpoint(self, directory, source=source, overwrite=overwrite)
 
 
 def causal_lm_loss(

@@ -184,7 +184,7 @@ def test_incomplete_llava_directory_is_one_clear_error(tmp_path, capsys, remove,
 
     assert export_main(["hf-llava", str(hf), str(tmp_path / "again")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"mm-export: cannot load {hf}: llava-hf directory {hf} is missing: {named}")
+    assert err.startswith(f"mm-export: error: cannot load {hf}: llava-hf directory {hf} is missing: {named}")
     assert err.count("\n") == 1
 
     options = write_tiny_vqa_benchmark(tmp_path / "bench", num_images=1, questions_per_image=1)

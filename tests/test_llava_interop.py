@@ -205,7 +205,7 @@ def test_export_can_cast_weights(tmp_path):
 
 def test_export_cli_usage(tmp_path, capsys):
     assert export_main(["hf-llava", str(tmp_path / "missing"), str(tmp_path / "hf")]) == 2
-    assert "mm-export: cannot load" in capsys.readouterr().err
+    assert "mm-export: error: cannot load" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         export_main(["onnx", "a", "b"])
     assert exit_info.value.code == 2

@@ -24,7 +24,7 @@ from mm.config import VLMConfig
 from mm.data.batching import packed_attention_mask
 from mm.data.module import target_tokens
 from mm.data.skips import COUNTER_NAMES, PADDING_BATCHES, counter_vector
-from mm.export_target import check_export_target
+from mm.export_target import check_export_target, source_identity
 from mm.train.init import build_for_stage, merge_lora
 from mm.train.optim import build_optimizer, clip_grad_norm_global, global_grad_norm, no_decay_names
 from mm.train.policy import TrainingPolicy
@@ -53,7 +53,7 @@ class VLMTrainingModule(L.LightningModule):
             policy: Training stage, learning rates, schedule, LoRA and initialisation.
             export_dir: Where fit writes the final `save_pretrained` directory; None = `<default_root_dir>/export`.
             trust_remote_code: Allow code shipped with hub models to run (off by default).
-            overwrite_export: Export into an existing folder that is not an earlier export (only the export's files are replaced).
+            overwrite_export: Export into an existing folder that is not this run's earlier export (only the export's files are replaced).
         """
         super().__init__()
         self.model_config = model
@@ -298,11 +298,18 @@ class VLMTrainingModule(L.LightningModule):
         trainer = trainer or self.trainer
         sources = [trainer.default_root_dir, trainer.log_dir, self.policy.init_from, self.policy.init_projector_from,
                    *(callback.dirpath for callback in trainer.checkpoint_callbacks)]
-        check_export_target(self._export_path(trainer), sources=sources, overwrite=self.overwrite_export,
-                            option="--model.overwrite_export true")
+        check_export_target(self._export_path(trainer), sources=sources, source=self._export_source(trainer),
+                            overwrite=self.overwrite_export, option="--model.overwrite_export true")
 
     def _export_path(self, trainer=None) -> Path:
         return Path(self.export_dir or Path((trainer or self.trainer).default_root_dir) / "export")
+
+    def _export_source(self, trainer=None) -> str:
+        """The run, as the export records it: a rerun or resumed run replaces its own export, no other's."""
+        return source_identity((trainer or self.trainer).default_root_dir, "run")
+
+    def _save_export(self, model, directory: Path) -> None:
+        model.save_pretrained(directory, source=self._export_source(), overwrite=self.overwrite_export)
 
     def on_fit_end(self) -> None:
         if self.trainer.interrupted:
@@ -312,7 +319,7 @@ class VLMTrainingModule(L.LightningModule):
             self._export_gathered(directory)
         elif self.trainer.global_rank == 0:
             merge_lora(self.vlm)
-            self.vlm.save_pretrained(directory)
+            self._save_export(self.vlm, directory)
             log.info("exported the trained model to %s", directory)
 
     def _export_gathered(self, directory: Path) -> None:
@@ -323,7 +330,7 @@ class VLMTrainingModule(L.LightningModule):
             return
         copy = build_vlm(self.vlm.resolved_config(), load_weights=False, tokenizer=self.vlm.tokenizer)
         copy.load_state_dict({key[len("vlm."):]: value for key, value in state.items()}, strict=True)
-        copy.save_pretrained(directory)
+        self._save_export(copy, directory)
         log.info("exported the trained model (gathered from FSDP shards) to %s", directory)
 
 
