@@ -8,11 +8,13 @@ import json
 import statistics
 import tarfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from mm.atomic import write_text_atomic
+from mm.cli_errors import BadInput, one_line
 from mm.data.shards import has_end_of_archive, load_shard_sizes
 
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp", "tiff": "image/tiff"}
@@ -41,7 +43,11 @@ def _manifest_counts(directory: Path) -> dict[str, int] | None:
     manifest = directory / "manifest.json"
     if not manifest.exists():
         return None
-    return load_shard_sizes(str(manifest))  # the reading training does; its errors name the manifest and entry
+    counts = load_shard_sizes(str(manifest))  # the reading training does; its errors name the manifest and entry
+    for name in counts:
+        if name in ("", ".", "..") or Path(name).name != name:  # ../x or /x would read a file outside the set
+            raise ShardReadError(f"{manifest}: shard {name!r} is not a file name in {directory}")
+    return counts
 
 
 def shard_paths(directory: str | Path) -> list[Path]:
@@ -219,6 +225,33 @@ def contact_sheet_page(body: str, title: str = "mm-prep contact sheet") -> str:
 def contact_sheet(samples: list[ShardSample]) -> str:
     """An HTML page: each sample's images (inline, base64) beside its conversation."""
     return contact_sheet_page(f"<table>{contact_sheet_rows(samples)}</table>")
+
+
+@contextmanager
+def loading_option(option: str, value: str, what: str):
+    """Around loading what an option names (a tokenizer folder or Hub id): any failure is that option's."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - third-party loaders fail in many types on a folder that is not theirs
+        raise BadInput(f"{option} {value}: cannot load a {what} ({one_line(error)})") from None
+
+
+def load_tokenizer_option(source: str):
+    """`--tokenizer`: a local folder or a Hub id; slow tokenizers too (only token counts are needed)."""
+    from transformers import AutoTokenizer
+
+    from mm.hub import local_or_hub
+
+    with loading_option("--tokenizer", source, "tokenizer"), local_or_hub(source, "tokenizer"):
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+
+def check_dump_options(count: int, out: str | Path | None) -> None:
+    """--dump and --dump-out, checked before the statistics are printed, not after."""
+    if count < 0:
+        raise ContactSheetError(f"--dump {count}: the number of samples must be 0 or more")
+    if count and out is not None and Path(out).is_dir():
+        raise ContactSheetError(f"--dump-out {out}: cannot write the contact sheet (Is a directory)")
 
 
 def dump_contact_sheet(directory: str | Path, count: int, out: str | Path) -> int:

@@ -6,10 +6,15 @@ can see what a `mm-prep select` filter would remove.
 
 Writes into --out (default: `<scores stem>_inspect/` beside the scores file):
 
-- `hist_<metric>.png`: a histogram per scalar metric (drawn with Pillow; nulls counted in the title);
+- `hist_<metric>.png`: a histogram per scalar metric (drawn with Pillow; nulls counted in the title, and
+  values no float can draw, infinities or integers beyond float range, counted as `non_finite`);
 - `extremes.html` (needs the shards): per metric the N lowest- and N highest-scored samples (ties by key,
-  nulls left out) with their images, conversation and score, built from `inspect_shards`' contact sheet;
+  nulls and non-finite values left out) with their images, conversation and score, built from
+  `inspect_shards`' contact sheet;
 - and prints a line of statistics per metric and the paths written.
+
+With the shards given, scores whose metadata (`SCORES.meta.json`) records another shard set are refused: the
+same keys would show other samples.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import html
 import io
+import math
 import re
 from pathlib import Path
 
@@ -28,8 +34,9 @@ from data_prep.inspect_shards import (
     contact_sheet_rows,
     iter_samples,
 )
+from data_prep.score.shard_set import SHARD_SET, describe, read_provenance, same_shard_set, shard_set_identity
 from data_prep.select import Scores, SelectError, load_scores
-from mm.atomic import write_bytes_atomic, write_text_atomic
+from mm.atomic import write_bytes_atomic
 
 WIDTH, HEIGHT = 720, 420
 LEFT, RIGHT, TOP, BOTTOM = 70, 24, 44, 56
@@ -53,16 +60,47 @@ def _format(value: float) -> str:
     return f"{value:.4g}"
 
 
-def metric_stats(values: list[float], nulls: int) -> dict:
+def finite(value) -> float | None:
+    """The value as a float a histogram can place, or None (null, NaN, an infinity, an int beyond float)."""
+    try:
+        number = float(value)
+    except (TypeError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def metric_values(scores: Scores, metric: str) -> tuple[list[float], int, int]:
+    """(the finite values, how many nulls, how many non-finite values) of a metric."""
+    values = [scores.value(row, metric) for row in scores.rows]
+    present = [v for v in values if v is not None]
+    drawable = [number for number in map(finite, present) if number is not None]
+    return drawable, len(values) - len(present), len(present) - len(drawable)
+
+
+def metric_stats(values: list[float], nulls: int, non_finite: int = 0) -> dict:
     if not values:
-        return {"n": 0, "null": nulls}
+        return {"n": 0, "null": nulls, **({"non_finite": non_finite} if non_finite else {})}
     ordered = np.sort(np.asarray(values, dtype=float))
-    q = np.quantile(ordered, [0.05, 0.5, 0.95])
-    return {"n": len(values), "null": nulls, "min": float(ordered[0]), "p5": float(q[0]), "median": float(q[1]),
-            "p95": float(q[2]), "max": float(ordered[-1]), "mean": float(ordered.mean())}  # fmt: skip
+    q = np.quantile(ordered / 2, [0.05, 0.5, 0.95]) * 2  # halves: exact, and no overflow between -1e308 and 1e308
+    try:
+        mean = math.fsum(ordered) / len(ordered)  # exact sum: -1e308 and 1e308 cancel, they do not swallow the rest
+    except OverflowError:  # the sum itself is beyond float range; the mean is not
+        mean = math.fsum(ordered / len(ordered))
+    return {"n": len(values), "null": nulls, **({"non_finite": non_finite} if non_finite else {}),
+            "min": float(ordered[0]), "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]),
+            "max": float(ordered[-1]), "mean": mean}  # fmt: skip
 
 
-def histogram_png(metric: str, values: list[float], nulls: int, bins: int = 30) -> bytes:
+def _fractions(values: list[float], low: float, high: float) -> np.ndarray:
+    """Each value's place between low and high as a fraction in [0, 1]. Computed on halves, which scale
+    exactly, so that a span beyond float range (-1e308 .. 1e308) stays finite; equal ends: the middle."""
+    span = high / 2 - low / 2
+    if not span:
+        return np.full(len(values), 0.5)
+    return np.clip((np.asarray(values, dtype=float) / 2 - low / 2) / span, 0.0, 1.0)
+
+
+def histogram_png(metric: str, values: list[float], nulls: int, bins: int = 30, non_finite: int = 0) -> bytes:
     """A histogram as PNG bytes: bars, axes, 5 x ticks, the highest count, n / null / median in the title."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -73,8 +111,8 @@ def histogram_png(metric: str, values: list[float], nulls: int, bins: int = 30) 
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     x0, y0, x1, y1 = LEFT, TOP, WIDTH - RIGHT, HEIGHT - BOTTOM
-    stats = metric_stats(values, nulls)
-    title = f"{metric}: n={stats['n']}, null={nulls}"
+    stats = metric_stats(values, nulls, non_finite)
+    title = f"{metric}: n={stats['n']}, null={nulls}" + (f", non-finite={non_finite}" if non_finite else "")
     if values:
         title += f", median={_format(stats['median'])}, mean={_format(stats['mean'])}"
     draw.text((LEFT, 12), title, fill="black", font=font)
@@ -86,18 +124,18 @@ def histogram_png(metric: str, values: list[float], nulls: int, bins: int = 30) 
         low, high = stats["min"], stats["max"]
         if low == high:
             low, high = low - 0.5, high + 0.5
-        counts, edges = np.histogram(values, bins=bins, range=(low, high))
+        counts, edges = np.histogram(_fractions(values, low, high), bins=bins, range=(0.0, 1.0))
         peak = max(int(counts.max()), 1)
-        scale_x = (x1 - x0) / (high - low)
+        scale_x = x1 - x0
         for count, left, right in zip(counts, edges, edges[1:]):
             if count:
                 top = y1 - (y1 - y0) * count / peak
-                draw.rectangle([x0 + (left - low) * scale_x, top, max(x0 + (right - low) * scale_x - 1, x0 + (left - low) * scale_x), y1 - 1],
+                draw.rectangle([x0 + left * scale_x, top, max(x0 + right * scale_x - 1, x0 + left * scale_x), y1 - 1],
                                fill=(70, 120, 190), outline=(40, 70, 120))  # fmt: skip
-        for tick in np.linspace(low, high, 5):
-            x = x0 + (tick - low) * scale_x
+        for fraction in np.linspace(0.0, 1.0, 5):
+            x = x0 + fraction * scale_x
             draw.line([(x, y1), (x, y1 + 5)], fill="black")
-            label = _format(float(tick))
+            label = _format(float(low * (1 - fraction) + high * fraction))
             width = draw.textlength(label, font=font)
             draw.text((min(max(x - width / 2, 0), WIDTH - width), y1 + 8), label, fill="black", font=font)
         draw.text((4, y0 - 7), str(peak), fill="black", font=font)
@@ -113,8 +151,9 @@ def _file_name(metric: str) -> str:
 
 
 def extremes(scores: Scores, metric: str, n: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """The n lowest (lowest first) and n highest (highest first) (key, value), ties by key, nulls left out."""
-    scored = [(row["key"], scores.value(row, metric)) for row in scores.rows]
+    """The n lowest (lowest first) and n highest (highest first) (key, value), ties by key, nulls and
+    non-finite values left out."""
+    scored = [(row["key"], finite(scores.value(row, metric))) for row in scores.rows]
     scored = [(key, value) for key, value in scored if value is not None]
     lowest = sorted(scored, key=lambda item: (item[1], item[0]))[:n]
     highest = sorted(scored, key=lambda item: (-item[1], item[0]))[:n]
@@ -145,14 +184,16 @@ def score_report(scores_path: str | Path, shards: str | Path | None, out: str | 
     if not metrics:
         raise SelectError(f"{scores.path}: no scalar score columns to report")
     out = Path(out) if out else scores.path.with_name(f"{scores.path.stem}_inspect")
+    if out.exists() and not out.is_dir():
+        raise SelectError(f"--out {out} is a file; it names the report folder")
     paths, report = [], {}
+    if shards is not None:
+        check_same_shard_set(scores.path, Path(shards))
     for metric in metrics:
-        values = [scores.value(row, metric) for row in scores.rows]
-        present = [float(v) for v in values if v is not None]
-        nulls = len(values) - len(present)
-        report[metric] = metric_stats(present, nulls)
+        present, nulls, non_finite = metric_values(scores, metric)
+        report[metric] = metric_stats(present, nulls, non_finite)
         path = out / f"hist_{_file_name(metric)}.png"
-        write_bytes_atomic(path, histogram_png(metric, present, nulls))
+        write_report_file(path, histogram_png(metric, present, nulls, non_finite=non_finite))
         paths.append(str(path))
     if shards is not None:
         chosen = {metric: extremes(scores, metric, n) for metric in metrics}
@@ -165,10 +206,29 @@ def score_report(scores_path: str | Path, shards: str | Path | None, out: str | 
                 sections.append(f'<h2 id="{html.escape(_file_name(metric))}-{label.split()[1]}">{html.escape(metric)}: {label}</h2>'
                                 f"<table>{contact_sheet_rows([samples[key] for key, _ in items], notes)}</table>")  # fmt: skip
         path = out / "extremes.html"
-        write_text_atomic(path, contact_sheet_page("".join(sections), title=f"mm-prep scores: {scores.path.name}"))
+        page = contact_sheet_page("".join(sections), title=f"mm-prep scores: {scores.path.name}")
+        write_report_file(path, page.encode("utf-8"))
         paths.append(str(path))
     report["paths"] = paths
     return report
+
+
+def check_same_shard_set(scores: Path, shards: Path) -> None:
+    """Scores that record their shard set are shown only over that set (keys alone cannot tell two apart)."""
+    recorded = read_provenance(scores).get(SHARD_SET)
+    if recorded is None:
+        return  # written before sets were recorded: the keys are all there is to check
+    here = shard_set_identity(shards)
+    if not same_shard_set(recorded, here):
+        raise SelectError(f"{scores} scores another shard set, {describe(recorded)}, not {describe(here)}; "
+                          "its keys would show other samples")  # fmt: skip
+
+
+def write_report_file(path: Path, data: bytes) -> None:
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as error:  # a file where the folder goes, a read-only folder
+        raise SelectError(f"--out {path.parent}: cannot write {path.name} ({error.strerror or error})") from None
 
 
 def cmd_score_report(args: argparse.Namespace) -> None:

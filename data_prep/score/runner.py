@@ -29,10 +29,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.inspect_shards import ShardSample, iter_samples, shard_paths
+from data_prep.inspect_shards import ShardSample, iter_samples, loading_option, shard_paths
 from data_prep.score import METRICS, MODEL_METRICS
 from data_prep.score.model_free import LengthScorer, MinHashScorer, MinHashSettings, PHashScorer
-from data_prep.score.shard_set import describe, same_shard_set, shard_set_identity
+from data_prep.score.shard_set import (
+    MERGED_SHARD_SETS,
+    SHARD_SET,
+    describe,
+    provenance_path,
+    read_provenance,
+    same_shard_set,
+    shard_set_identity,
+)
 from mm.atomic import BadLine, read_appended_lines, write_json_atomic, write_text_atomic
 from mm.cli_errors import BadInput
 
@@ -221,27 +229,6 @@ def merge_into(out: Path, parts: list[Path], key_order: list[str], owned: set[st
     return len(order)
 
 
-def provenance_path(out: Path) -> Path:
-    return out.with_name(f"{out.name}.meta.json")
-
-
-SHARD_SET = "shard_set"
-MERGED_SHARD_SETS = "merged_shard_sets"
-
-
-def read_provenance(out: Path) -> dict:
-    path = provenance_path(out)
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as error:
-        raise BadInput(f"{path}: not a readable scores metadata file ({error}); move it away to start over") from None
-    if not isinstance(meta, dict):
-        raise BadInput(f"{path}: not a scores metadata file (not a JSON object); move it away to start over")
-    return meta
-
-
 def write_provenance(out: Path, scorers: list, shard_set: dict, merged_from: list | None = None) -> None:
     """``OUT.meta.json``: {metric: how its columns were made (checkpoint, template, dtype, clip model, minhash
     parameters, tokenizer)}, updated per run like the columns; ``shard_set``: the set the lines score, and
@@ -250,7 +237,8 @@ def write_provenance(out: Path, scorers: list, shard_set: dict, merged_from: lis
     for scorer in scorers:
         meta.update(scorer.settings())
     if merged_from is not None:
-        meta[MERGED_SHARD_SETS] = [*meta.get(MERGED_SHARD_SETS, []), *merged_from]
+        earlier = meta.get(MERGED_SHARD_SETS)
+        meta[MERGED_SHARD_SETS] = [*(earlier if isinstance(earlier, list) else []), *merged_from]
     meta[SHARD_SET] = shard_set
     write_json_atomic(provenance_path(out), meta)
 
@@ -300,7 +288,9 @@ def build_scorers(options: ScoreOptions, device: str | None, dtype) -> tuple[lis
         elif options.tokenizer_source:
             from mm.llm import load_tokenizer
 
-            tokenizer = load_tokenizer(options.tokenizer_source, trust_remote_code=options.trust_remote_code)
+            option = "--tokenizer" if options.tokenizer else "--checkpoint"
+            with loading_option(option, options.tokenizer_source, "tokenizer"):
+                tokenizer = load_tokenizer(options.tokenizer_source, trust_remote_code=options.trust_remote_code)
         else:
             notes.append("num_tokens left out: no --tokenizer or --checkpoint to count tokens with")
         scorers.append(LengthScorer(tokenizer, options.tokenizer_source))

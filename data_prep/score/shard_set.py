@@ -14,9 +14,13 @@ import zlib
 from pathlib import Path
 
 from data_prep.inspect_shards import ShardReadError, shard_paths
+from mm.cli_errors import BadInput
 
 FIELDS = ("name", "num_bytes", "crc32")
 CRC_CHUNK = 1 << 20
+SHARD_SET = "shard_set"
+"""The key of the identity in a scores file's metadata, ``SCORES.meta.json``."""
+MERGED_SHARD_SETS = "merged_shard_sets"
 
 
 def _manifest_entries(manifest: Path) -> list[dict]:
@@ -57,3 +61,21 @@ def describe(identity: dict | None) -> str:
         return "an unrecorded shard set"
     return (f"{identity.get('directory')} ({identity.get('num_shards')} shards, "
             f"fingerprint {str(identity.get('fingerprint'))[:12]})")  # fmt: skip
+
+
+def provenance_path(scores: Path) -> Path:
+    """``SCORES.meta.json``: how each metric's columns were made, and which shard set the lines score."""
+    return scores.with_name(f"{scores.name}.meta.json")
+
+
+def read_provenance(scores: Path) -> dict:
+    path = provenance_path(scores)
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise BadInput(f"{path}: not a readable scores metadata file ({error}); move it away to start over") from None
+    if not isinstance(meta, dict):
+        raise BadInput(f"{path}: not a scores metadata file (not a JSON object); move it away to start over")
+    return meta
