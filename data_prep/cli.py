@@ -177,18 +177,16 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from data_prep.inspect_shards import dump_contact_sheet, format_report, inspect_directory
+    from data_prep.inspect_shards import (check_dump_options, dump_contact_sheet, format_report, inspect_directory,
+                                          load_tokenizer_option)  # fmt: skip
     from data_prep.score_report import cmd_score_report, wants_score_report
 
     if wants_score_report(args):
         return cmd_score_report(args)
     if not Path(args.directory).is_dir():
         raise FileNotFoundError(f"{args.directory} is not a directory")
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
+    check_dump_options(args.dump, args.dump_out)
+    tokenizer = load_tokenizer_option(args.tokenizer) if args.tokenizer else None
     report = inspect_directory(args.directory, tokenizer)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.dump:
