@@ -126,7 +126,7 @@ def load_scores(path: str | Path) -> Scores:
             continue
         try:
             row = json.loads(line)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
             raise SelectError(f"{path} line {number}: not JSON ({error})") from None
         if not isinstance(row, dict) or not isinstance(row.get("key"), str):
             raise SelectError(f"{path} line {number}: not a JSON object with a string `key`")

@@ -102,7 +102,7 @@ def load_shard_sizes(path: str) -> dict[str, int]:
     """{shard file name: sample count} from a manifest.json (`shards: [{name, num_samples}]`) or sizes.json."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
+    except (OSError, ValueError, RecursionError) as error:  # not UTF-8, not JSON, or nested too deep
         raise ShardSourceError(f"cannot read shard sizes from {path}: {error}") from error
     if isinstance(data, dict) and isinstance(data.get("shards"), list):
         return dict(_manifest_entry(path, number, entry) for number, entry in enumerate(data["shards"], 1))
