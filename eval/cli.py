@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -52,15 +53,26 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a hub checkpoint")
 
 
+def check_generation_options(args) -> None:
+    """Each generation option in its range, before the (slow) model load; argparse took "nan" and "inf" as floats."""
+    checks = [("--batch-size", args.batch_size >= 1, "an integer >= 1"),
+              ("--max-new-tokens", args.max_new_tokens >= 1, "an integer >= 1"),
+              ("--limit", args.limit is None or args.limit >= 0, "an integer >= 0"),
+              ("--image-workers", args.image_workers >= 0, "an integer >= 0"),
+              ("--temperature", math.isfinite(args.temperature) and args.temperature >= 0,
+               "a finite number >= 0 (0: greedy)"),
+              ("--top-p", 0 < args.top_p <= 1, "a number in (0, 1]")]
+    for option, ok, expected in checks:
+        if not ok:
+            raise TaskDataError(f"{option} {getattr(args, option[2:].replace('-', '_'))}: expected {expected}")
+
+
 def _prepare_model(args):
+    check_generation_options(args)  # before importing torch: seconds, for a typo
     from eval.pipeline import output_folder, pick_device
     from mm.loading import load_for_inference
     from eval.runner import GenerationSettings
 
-    if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
-        raise TaskDataError("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise TaskDataError("--temperature must be >= 0 and --top-p in (0, 1]")
     output_folder(args.out)  # before the (slow) model load
     ranks = Ranks.from_env()
     device = pick_device(args.device, ranks)
@@ -117,8 +129,7 @@ def write_compare_chart(run_dirs: list[str], chart: Path) -> None:
 
 
 def cmd_suite(args) -> None:
-    from eval.pipeline import build_options, compare_runs, run_task
-    from mm.atomic import write_text_atomic
+    from eval.pipeline import build_options, compare_runs, run_task, write_output_file
     from eval.suite import load_suite
 
     entries = [(name, task, build_options(task, values, f"{args.config} entry {name!r}"))
@@ -131,7 +142,7 @@ def cmd_suite(args) -> None:
                  device=device, ranks=ranks)
     if ranks.rank == 0:
         table = compare_runs([str(out)])
-        write_text_atomic(out / "summary.md", table)
+        write_output_file(out / "summary.md", table)
         print(table, end="")
 
 

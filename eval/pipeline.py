@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -18,7 +17,7 @@ from eval.report import compare_markdown, json_text, metrics_markdown
 from mm.atomic import write_text_atomic
 from eval.scoring.evaluate import score_predictions
 from eval.tasks import get_task
-from eval.tasks.base import TaskDataError, file_options, json_object
+from eval.tasks.base import TaskDataError, file_options, json_object, parse_json
 
 if TYPE_CHECKING:  # the runner imports torch: seconds that `score` and `compare` do not need
     from eval.runner import GenerationSettings
@@ -80,13 +79,15 @@ def score_task(task_name: str, options, predictions_file: str | Path, out_dir: s
     task = get_task(task_name)
     questions = read_questions(task_name, options) if questions is None else questions
     records = read_predictions(predictions_file)
-    out_dir = output_folder(out_dir)  # after the inputs are known good: a refused command leaves no folder
-    metrics = score_predictions(task, options, questions, records, out_dir)
-    if questions and records and metrics["answered"] == 0:  # e.g. another task's file: refuse, not a silent 0
+    wanted = {id_key(question.question_id) for question in questions}
+    if records and questions and not any(id_key(task.prediction_id(r)) in wanted for r in records):
+        # e.g. another task's file: refused, not a silent 0, before a judge is paid to review empty answers
         raise TaskDataError(f"{predictions_file}: none of its {len(records)} predictions has the id of a {task_name} "
                             f"question (e.g. {task.prediction_id(records[0])!r}); is it another task's file?")
-    write_text_atomic(out_dir / "metrics.json", json_text({"task": task_name, **metrics}))
-    write_text_atomic(out_dir / "metrics.md", metrics_markdown(task_name, metrics))
+    out_dir = output_folder(out_dir)  # after the inputs are known good: a refused command leaves no folder
+    metrics = score_predictions(task, options, questions, records, out_dir)
+    write_output_file(out_dir / "metrics.json", json_text({"task": task_name, **metrics}))
+    write_output_file(out_dir / "metrics.md", metrics_markdown(task_name, metrics))
     return metrics
 
 
@@ -98,6 +99,12 @@ def pick_device(requested: str | None, ranks: Ranks) -> str:
     import torch
 
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise TaskDataError(f"--device {device!r}: not a device (e.g. cpu, cuda, cuda:1)") from None
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise TaskDataError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here")
     if device == "cuda" and ranks.world_size > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', ranks.rank))}"
     if device.startswith("cuda:"):
@@ -108,7 +115,7 @@ def pick_device(requested: str | None, ranks: Ranks) -> str:
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object mm-eval wrote (run.json, metrics.json); a damaged or foreign file is an error naming it."""
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
+        value = parse_json(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
         raise TaskDataError(f"{path}: not a readable {what} ({error})") from None
     return json_object(value, f"{path} ({what})")
@@ -170,7 +177,7 @@ def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: st
     barrier()
     if ranks.rank == 0:
         # Written before generating, so a crashed run can still be checked when it is resumed.
-        write_text_atomic(out_dir / "run.json", json_text(record))
+        write_output_file(out_dir / "run.json", json_text(record))
     timings = generate_predictions(Generator(model, settings, dtype), questions, out_dir, ranks,
                                    model_id=Path(checkpoint).name, task_name=task_name)
     if ranks.rank != 0:
@@ -178,7 +185,7 @@ def run_task(model, dtype, checkpoint: str, task_name: str, options, out_dir: st
     metrics = score_task(task_name, options, out_dir / "predictions.jsonl", out_dir, questions=questions)
     record.update({"status": "complete", "timings": {**timings, "wall_seconds": round(time.time() - started, 3)},
                    "metrics_overall": metrics["overall"]})
-    write_text_atomic(out_dir / "run.json", json_text(record))
+    write_output_file(out_dir / "run.json", json_text(record))
     return metrics
 
 
@@ -191,6 +198,8 @@ def find_metrics(run_dir: Path) -> dict[str, dict]:
     for path in files:
         metrics = read_json_object(path, "metrics")
         name = path.parent.name if path.parent != run_dir else metrics.get("task", run_dir.name)
+        if not isinstance(name, str):
+            raise TaskDataError(f"{path}: not a metrics file of mm-eval (task is {json_text(name, indent=None)[:60].strip()})")
         found[name] = metrics
     return found
 

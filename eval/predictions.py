@@ -31,6 +31,8 @@ def _parse_line(line: bytes) -> dict:
         raise ValueError("not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
     if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
         raise ValueError(f"a prediction needs {', '.join(REQUIRED_KEYS)}")
     if not isinstance(record["text"], str):  # a null would otherwise be scored as the answer "None"

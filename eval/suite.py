@@ -31,6 +31,14 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+def _run_name(name: Any, where: str) -> str:
+    """A task's sub-folder of --out: one plain folder name, so that nothing is written outside --out."""
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name) in ("", ".", "..") \
+            or any(c in str(name) for c in "/\\\0"):
+        raise TaskDataError(f"{where}: name {name!r} must be a plain folder name (no '/', not '..')")
+    return str(name)
+
+
 def load_suite(path: str | Path, data: str | None = None) -> list[tuple[str, str, dict]]:
     """[(run name, task name, task options)] of a suite YAML:
 
@@ -45,6 +53,8 @@ def load_suite(path: str | Path, data: str | None = None) -> list[tuple[str, str
         spec = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise TaskDataError(f"{path} (--config): not valid YAML: {_yaml_problem(error)}") from None
+    except RecursionError:
+        raise TaskDataError(f"{path} (--config): not a suite: nested too deeply") from None
     entries = spec.get("tasks") if isinstance(spec, dict) else None
     if not isinstance(entries, list) or not entries:
         raise TaskDataError(f"{path}: expected a mapping with a non-empty 'tasks:' list")
@@ -57,7 +67,7 @@ def load_suite(path: str | Path, data: str | None = None) -> list[tuple[str, str
                                 f"valid tasks: {', '.join(sorted(TASKS))}")
         options = {k: _substitute(v, data, f"{path} entry {number} option {k}") for k, v in entry.items()
                    if k not in ("task", "name")}
-        name = str(entry.get("name", entry["task"]))
+        name = _run_name(entry.get("name", entry["task"]), f"{path}: tasks entry {number}")
         if name in names:
             raise TaskDataError(f"{path}: two entries named {name!r}; give one a distinct 'name:'")
         names.add(name)

@@ -210,7 +210,7 @@ def format_json_format(response: str) -> bool:
     body = body.removesuffix("```").strip()
     try:
         json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # an answer nested past the recursion limit is not JSON either
         return False
     return True
 

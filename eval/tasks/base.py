@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
@@ -85,12 +86,33 @@ def read_text(path: str | Path, option_name: str) -> str:
                             f"(byte 0x{data[error.start]:02x} at offset {error.start})") from None
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """json.loads, strict: NaN, Infinity and numbers past a float's range (which Python reads as infinite; no
+    benchmark file holds them) and nesting past Python's recursion limit are a ValueError like any other text
+    that is not JSON."""
+    try:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def load_json(path: str | Path, option_name: str) -> Any:
     """Parse a JSON file, naming the file and option on failure."""
     text = read_text(path, option_name)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+        return parse_json(text)
+    except ValueError as error:
         raise TaskDataError(f"{path} ({flag(option_name)}) is not valid JSON: {error}") from None
 
 
@@ -102,8 +124,8 @@ def load_json_lines(path: str | Path, option_name: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
+            records.append(parse_json(line))
+        except ValueError as error:
             raise TaskDataError(f"{path}:{number} ({flag(option_name)}): bad JSON: {error}") from None
     return records
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,8 +44,11 @@ def read_scienceqa(options: ScienceQAOptions) -> list[Question]:
         raise TaskDataError(f"{options.pid_splits} (--pid-splits): split {options.split!r} is not a list of problem ids")
     out = []
     for pid in splits[options.split]:
+        if not isinstance(pid, str) or pid not in problems:
+            raise TaskDataError(f"{options.pid_splits} (--pid-splits): split {options.split!r} lists problem "
+                                f"{json.dumps(pid)[:40]}, which is not in {options.problems}")
         where = f"{options.problems} problem {pid}"
-        problem = json_object(field_of(problems, pid, options.problems), where)
+        problem = json_object(problems[pid], where)
         if not problem.get("image"):
             continue
         answer = field_of(problem, "answer", where)
