@@ -2,8 +2,11 @@
 
 Export writes a `LlavaProcessor` (a `LlavaNextProcessor` for anyres) whose image processor gives the pixels
 `mm.transforms.ImageTransform` gives (every mode; the torchvision backend, transformers 5's default) and whose
-chat template renders the text `mm.chat` tokenises (`mm.chat.jinja_template`). Import reads the mode and the
-template back from them.
+chat template renders the text `mm.chat` tokenises (`mm.chat.jinja_template`), special tokens (BOS) and all.
+Its tokenizer therefore adds none of its own, so every flow gives one BOS: the rendered text tokenised with
+or without `add_special_tokens=False` (the two-step flow of llava-hf model cards), or in one step. Import
+reads the mode and the template back from them, and has the tokenizer add the BOS again where mm's template
+leaves it to the tokenizer.
 """
 
 from __future__ import annotations
@@ -71,12 +74,41 @@ def processor_for(model, vision_feature_select_strategy: str):
     check_jinja_template(jinja, model.tokenizer, config.chat_template, config.image_token)
     tokenizer = copy.deepcopy(model.tokenizer)
     tokenizer.chat_template = jinja
+    if adds_special_tokens(tokenizer):  # the template writes them: adding them again would double the BOS
+        set_added_special_tokens(tokenizer, bos=False, eos=False)
+        if adds_special_tokens(tokenizer):
+            log.warning("the exported tokenizer still adds special tokens itself, and the chat template writes "
+                        "them too: tokenise its rendered prompts with add_special_tokens=False")
     processor_class = LlavaNextProcessor if model.is_anyres else LlavaProcessor
     return processor_class(
         image_processor=image_processor_for(model.image_transform_config), tokenizer=tokenizer, chat_template=jinja,
         patch_size=model.vision_tower.patch_size, vision_feature_select_strategy=vision_feature_select_strategy,
         image_token=config.image_token, num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
     )
+
+
+def adds_special_tokens(tokenizer) -> bool:
+    """Whether the tokenizer puts special tokens (BOS, EOS) around a text by itself."""
+    return tokenizer("x")["input_ids"] != tokenizer("x", add_special_tokens=False)["input_ids"]
+
+
+def set_added_special_tokens(tokenizer, *, bos: bool, eos: bool) -> None:
+    """Have the tokenizer add BOS / EOS around a text or not (transformers rebuilds its post-processor)."""
+    for name, value in (("add_bos_token", bos), ("add_eos_token", eos)):
+        if hasattr(tokenizer, name):
+            setattr(tokenizer, name, value)
+
+
+def record_added_special_tokens(directory: Path, tokenizer) -> None:
+    """Say in the saved tokenizer_config.json what the tokenizer adds. transformers 5 reads that from
+    tokenizer.json (and leaves these keys out), but transformers 4's Llama tokenizers take them from the
+    config, adding BOS when it does not say otherwise."""
+    path = Path(directory) / "tokenizer_config.json"
+    if not path.is_file() or adds_special_tokens(tokenizer):
+        return
+    config = json.loads(path.read_text())
+    config.update(add_bos_token=False, add_eos_token=False)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_jinja_template(jinja: str, tokenizer, template: str, image_token: str) -> None:
@@ -164,13 +196,30 @@ def _anyres_mode(directory: Path, data: dict, grid_pinpoints, tile_sized: bool) 
 
 def read_chat_template(tokenizer, image_token: str) -> str:
     """The mm template an export's Jinja chat template was written for; vicuna_v1 (LLaVA-1.5's) for any other
-    (llava-hf's own templates expect content lists, not the strings mm.chat renders)."""
+    (llava-hf's own templates expect content lists, not the strings mm.chat renders). The tokenizer is set to
+    add the special tokens that template leaves to it (`restore_added_special_tokens`)."""
     name = template_name_of(getattr(tokenizer, "chat_template", None))
     if name is None:
         return "vicuna_v1"
-    if name != "chat_template" and tokenizer.chat_template != jinja_template(name, tokenizer, image_token):
+    if name != "chat_template" and not restore_added_special_tokens(tokenizer, name, image_token):
         log.warning("the %s chat template was edited after export; mm renders its own %s", name, name)
     return name
+
+
+def restore_added_special_tokens(tokenizer, name: str, image_token: str) -> bool:
+    """An export's tokenizer adds no special tokens; mm's `name` template leaves the BOS to the tokenizer.
+    Set the tokenizer to add what makes the export's template the one mm writes for it (the template begins
+    with the BOS exactly when the exported model's tokenizer added one); False when no setting does (the
+    template was edited), leaving the tokenizer as it was."""
+    if tokenizer.chat_template == jinja_template(name, tokenizer, image_token):
+        return True
+    trial = copy.deepcopy(tokenizer)
+    for bos, eos in ((True, False), (False, True), (True, True)):
+        set_added_special_tokens(trial, bos=bos, eos=eos)
+        if tokenizer.chat_template == jinja_template(name, trial, image_token):
+            set_added_special_tokens(tokenizer, bos=bos, eos=eos)
+            return True
+    return False
 
 
 def _image_processor_config(directory: Path) -> dict | None:

@@ -21,6 +21,7 @@ from mm.hf_processor import (
     processor_for,
     read_chat_template,
     read_image_settings,
+    record_added_special_tokens,
 )
 from mm.vision import VISION_TOWERS, llava_vision_kinds
 from mm.weights import assign_state_dict, parameters_on_meta
@@ -222,6 +223,7 @@ def export_llava_hf(model, out_dir: str | Path, model_type: str = "llava", *, so
     with export_directory(out_dir, source=source, overwrite=overwrite) as tmp:
         llava.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))  # tokenizer, chat_template.jinja, processor_config.json
+        record_added_special_tokens(tmp, processor.tokenizer)
         processor.image_processor.save_pretrained(str(tmp))  # preprocessor_config.json, for transformers 4 readers
 
 

@@ -125,6 +125,99 @@ def test_processor_expands_several_images_and_turns_like_mm(tmp_path, template):
     torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-3, rtol=0)
 
 
+def flow_ids(processor, messages: list[dict], images: list) -> dict[str, list[int]]:
+    """The prompt ids of transformers' flows over an exported processor: one step (`apply_chat_template` with
+    `tokenize=True`, the images inside the messages), and two steps (render, then `processor(text=...)`) with
+    special tokens left on, as on llava-hf model cards, or off, as in the README."""
+    pictures = iter(images)
+    inline = [{**message, "content": [{**item, "image": next(pictures)} if item["type"] == "image" else item
+                                      for item in message["content"]]} if isinstance(message["content"], list)
+              else message for message in messages]
+    one_step = processor.apply_chat_template(inline, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                             return_tensors="pt")
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    flows = {"one step": one_step,
+             "two steps": processor(images=images, text=prompt, return_tensors="pt"),
+             "two steps, add_special_tokens=False": processor(images=images, text=prompt, add_special_tokens=False,
+                                                              return_tensors="pt")}
+    return {name: inputs["input_ids"][0].tolist() for name, inputs in flows.items()}
+
+
+def assert_every_flow_gives(flows: dict[str, list[int]], ours: list[int], bos_id: int | None) -> None:
+    for name, ids in flows.items():
+        assert ids == ours, name
+        assert ids.count(bos_id) == ours.count(bos_id) <= 1, name  # one BOS at most, wherever the template puts it
+
+
+def test_installed_export_gives_one_bos_in_every_transformers_flow(tmp_path):
+    """Issue 20 item 11: the llava-hf two-step flow without add_special_tokens=False put two BOS in front."""
+    from cli_checks import run_installed
+    from transformers import AutoProcessor, AutoTokenizer
+
+    model = tiny_model(seed=0, chat_template="vicuna_v1", image_transform="pad")  # its tokenizer adds a BOS
+    model.save_pretrained(tmp_path / "ckpt")
+    result = run_installed("mm-export", "hf-llava", tmp_path / "ckpt", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr.decode()
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    conversation, messages = zip(*CONVERSATIONS["one image"])
+    image = photo()
+    ours = mm_inputs(model, list(conversation), [image])[0][0].tolist()
+    assert ours[0] == model.tokenizer.bos_token_id
+    assert_every_flow_gives(flow_ids(processor, list(messages), [image]), ours, model.tokenizer.bos_token_id)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")  # the template writes the BOS; the tokenizer adds none
+    assert tokenizer("What is it?")["input_ids"] == tokenizer("What is it?", add_special_tokens=False)["input_ids"]
+    config = (tmp_path / "hf" / "tokenizer_config.json").read_text()
+    assert '"add_bos_token": false' in config  # for transformers 4's Llama tokenizers, which read it there
+
+    back = mm.load_pretrained(tmp_path / "hf")  # mm adds the BOS again where its template leaves it to the tokenizer
+    assert mm_inputs(back, list(conversation), [image])[0][0].tolist() == ours
+    assert back.tokenizer("x")["input_ids"] == model.tokenizer("x")["input_ids"]
+
+
+@pytest.mark.parametrize("shape", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_every_transformers_flow_gives_mm_ids(tmp_path, template, shape):
+    from transformers import AutoProcessor
+
+    model = tiny_model(seed=1, chat_template=template, image_transform="crop")
+    mm.llava.export_llava_hf(model, tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    conversation, messages = zip(*CONVERSATIONS[shape])
+    images = [photo(40 + 10 * i, 45, seed=i) for i in range(sum(m["value"].count("<image>") for m in conversation))]
+    ours = mm_inputs(model, list(conversation), images)[0][0].tolist()
+    assert_every_flow_gives(flow_ids(processor, list(messages), images), ours, model.tokenizer.bos_token_id)
+
+
+def test_a_tokenizer_that_keeps_adding_its_bos_is_exported_with_a_warning_and_loads_back(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """A tokenizer whose BOS cannot be switched off (and exports written before the switch) still give mm's
+    ids in the flows that tokenise without special tokens, and load back unchanged."""
+    import mm.hf_processor
+
+    model = tiny_model(seed=2, chat_template="vicuna_v1", image_transform="pad")
+    monkeypatch.setattr(mm.hf_processor, "set_added_special_tokens", lambda tokenizer, bos, eos: None)
+    with caplog.at_level("WARNING", logger="mm.hf_processor"):
+        mm.llava.export_llava_hf(model, tmp_path / "hf")
+    assert "add_special_tokens=False" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    back = mm.load_pretrained(tmp_path / "hf")
+    assert "edited" not in caplog.text
+    conversation = [{"from": "human", "value": "<image>\nHi"}]
+    assert mm_inputs(back, conversation, [photo()])[0].tolist() == mm_inputs(model, conversation, [photo()])[0].tolist()
+
+
+def test_an_edited_template_is_named_and_leaves_the_tokenizer_as_exported(tmp_path, caplog):
+    model = tiny_model(seed=2, chat_template="vicuna_v1", image_transform="pad")
+    mm.llava.export_llava_hf(model, tmp_path / "hf")
+    jinja = tmp_path / "hf" / "chat_template.jinja"
+    jinja.write_text(jinja.read_text() + "{{- ' edited' -}}")
+    with caplog.at_level("WARNING", logger="mm.hf_processor"):
+        back = mm.load_pretrained(tmp_path / "hf")
+    assert "vicuna_v1 chat template was edited after export" in caplog.text
+    assert back.tokenizer("x")["input_ids"] == back.tokenizer("x", add_special_tokens=False)["input_ids"]
+
+
 def test_round_trip_keeps_config_and_logits(tmp_path):
     model = tiny_model(vision="hf_siglip", llm="qwen2", seed=2, chat_template="chat_template", image_transform="crop")
     mm.llava.export_llava_hf(model, tmp_path / "hf")
