@@ -36,8 +36,10 @@ def source_identity(source: str | os.PathLike, kind: str) -> str:
     """What an export records as made from: `kind` (checkpoint, run) and the source's resolved path; a Hub
     id as given. The path, not the content: a source trained further is still the same source, and a copy
     of it, elsewhere, is not."""
-    path = Path(source)
-    return f"{kind} {path.resolve() if path.exists() else source}"
+    try:
+        return f"{kind} {_resolved(source, 'source')}" if Path(source).exists() else f"{kind} {source}"
+    except OSError:  # a name too long to look up: no local path, so as given (and the load says what is wrong)
+        return f"{kind} {source}"
 
 
 def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os.PathLike | None] = (),
@@ -48,9 +50,10 @@ def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os
     and a target containing one needs `overwrite`, as does any existing folder that is not an earlier export
     of `source` (a `source_identity`) written to this very folder.
     """
+    resolved = _resolved(target, "output folder")
     _refuse_dangling_link(Path(target))
-    target = Path(target).resolve()
-    sources = [Path(folder).resolve() for folder in sources if folder]
+    target = resolved
+    sources = [_resolved(folder, "source") for folder in sources if folder]
     _refuse_writing_into_a_source(target, sources)
     if not target.exists():
         # Its folder is created when the export is written, after the model load: a file where a parent
@@ -74,6 +77,17 @@ def check_export_target(target: str | os.PathLike, *, sources: Iterable[str | os
             f"{target} {problem}; pass {option} to write the export's own files into it (nothing else there is touched)"
         )
     return target
+
+
+def _resolved(path: str | os.PathLike, what: str) -> Path:
+    """`path` absolute with its links followed, or ExportTargetError naming it (a link loop, a name too long
+    for the system): found now, not midway through an export."""
+    try:
+        resolved = Path(path).resolve()
+        resolved.exists()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a link loop, before Python 3.13
+        raise ExportTargetError(f"{what} {path} cannot be used: {getattr(error, 'strerror', None) or error}") from None
+    return resolved
 
 
 def _refuse_dangling_link(target: Path) -> None:

@@ -103,8 +103,11 @@ def test_an_export_is_replaced_by_a_re_export_of_its_source_only(run1_export, tm
 def test_overwrite_replaces_the_exports_files_and_removes_nothing_else(run1_export, tmp_path):
     other = copy_of(run1_export, tmp_path / "other")
     (other / "notes.txt").write_text("mine")
+    (tmp_path / "precious.json").write_text("{}")
+    (other / "config.json").symlink_to(tmp_path / "precious.json")  # the link is replaced, not what it names
     before = snapshot(other)
     assert export("hf-llava", run1_export, other, "--overwrite")[0] == 0
+    assert (tmp_path / "precious.json").read_text() == "{}" and not (other / "config.json").is_symlink()
     after = snapshot(other)
     written = json.loads(after[MARKER])["files"]
     kept = set(before) - set(written) - {MARKER}
@@ -267,6 +270,15 @@ def test_symlinked_targets(run1_export, tmp_path):
     assert export("hf-llava", run1_export, tmp_path / "to_hf")[0] == 0
     assert export("hf-llava", run1_export, tmp_path / "to_hf")[0] == 0  # our export, through the link: replaced
     assert (tmp_path / "to_hf").is_symlink() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_names_the_system_cannot_look_up_are_one_line(run1_export, tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    refused("hf-llava", run1_export, tmp_path / "loop" / "hf", mentions=(tmp_path / "loop", "cannot be used"))
+    refused("hf-llava", tmp_path / "loop", tmp_path / "hf", mentions=(tmp_path / "loop", "cannot be used"))
+    too_long = tmp_path / ("x" * 300)
+    refused("hf-llava", run1_export, too_long, mentions=(too_long, "File name too long"))
+    assert sorted(os.listdir(tmp_path)) == ["loop"]
 
 
 def test_a_folder_where_an_export_file_goes_is_refused_before_anything_moves(run1_export, tmp_path):
