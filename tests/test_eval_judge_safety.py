@@ -290,3 +290,22 @@ def test_bad_judge_option_of_run_is_refused_before_the_model_loads(tmp_path, cap
                    "--judge-timeout", "inf"])
     assert_refused(status, capsys.readouterr().err, "--judge-timeout 'inf'")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- beyond the list: the judge's own files
+
+def test_hf_judge_folder_that_is_no_model_is_one_line(tmp_path, capsys):
+    """transformers' ValueError/OSError for a folder without a tokenizer or weights was an internal error."""
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    argv = mmvet_score_argv(tmp_path, "http://127.0.0.1:9/v1")
+    argv[argv.index("--judge") + 1] = f"hf:{folder}"
+    line = assert_refused(main(argv), capsys.readouterr().err, f"--judge hf:{folder}: not a transformers causal LM")
+    assert len(line) < 400
+
+
+def test_judge_cache_that_is_a_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "out" / "judge_cache.jsonl").mkdir(parents=True)
+    assert_refused(main(mmvet_score_argv(tmp_path, "http://127.0.0.1:9/v1")), capsys.readouterr().err,
+                   "judge_cache.jsonl: cannot read the judge cache")

@@ -39,7 +39,10 @@ class JudgeCache:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:  # e.g. a folder of that name
+            raise TaskDataError(f"{self.path}: cannot read the judge cache ({error.strerror})") from None
         lines = data.split(b"\n")
         last_filled = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
         offset = 0

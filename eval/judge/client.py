@@ -165,11 +165,12 @@ class HFJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = str(Path(path).resolve())
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer = _loaded(path, lambda: AutoTokenizer.from_pretrained(self.path))
         if not getattr(self.tokenizer, "chat_template", None):
             raise JudgeError(f"--judge hf:{path}: the tokenizer has no chat template")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype="auto").to(self.device).eval()
+        self.model = _loaded(path, lambda: AutoModelForCausalLM.from_pretrained(self.path, dtype="auto")
+                             .to(self.device).eval())
         self._lock = threading.Lock()  # one generate at a time; the thread pool only overlaps bookkeeping
 
     def identity(self) -> dict:
@@ -191,6 +192,16 @@ class HFJudge:
                                          pad_token_id=pad)
         new = output[0, inputs["input_ids"].shape[1]:]
         return Reply(self.tokenizer.decode(new, skip_special_tokens=True), Path(self.path).name)
+
+
+def _loaded(path, load: Callable):
+    """`load()`, with what transformers raises for a folder that is no model (no weights, an unknown model
+    type, a damaged file) as one error line naming --judge."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as error:
+        raise JudgeError(f"--judge hf:{path}: not a transformers causal LM folder ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:200]})") from None
 
 
 def _model_fingerprint(path: Path) -> dict:
