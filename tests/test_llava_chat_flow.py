@@ -174,7 +174,7 @@ def test_installed_export_gives_one_bos_in_every_transformers_flow(tmp_path):
     assert back.tokenizer("x")["input_ids"] == model.tokenizer("x")["input_ids"]
 
 
-@pytest.mark.parametrize("shape", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("shape", ["system, two images, two turns", "image after text, answer as a string"])
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_every_transformers_flow_gives_mm_ids(tmp_path, template, shape):
     from transformers import AutoProcessor
