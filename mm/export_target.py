@@ -1,7 +1,7 @@
 """Export folders: where an export may go, and writing one without destroying anything that is not ours.
 
 An export folder records in `.mm-export.json` the files its export wrote, where it wrote them and what it was
-made from (`source_identity`). Only a folder whose record names this very folder and the same source is ours
+made from (`source_identity`; both as fingerprints, so that no local path travels with a shared export). Only a folder whose record names this very folder and the same source is ours
 to replace: a copy of an export (`cp -r run1/export other`), an export of another source, one made before
 exports recorded their source, or any other folder needs overwrite, and even then only the files the new
 export writes are replaced; nothing else there is removed, and the source itself is never written into.
@@ -9,6 +9,7 @@ export writes are replaced; nothing else there is removed, and the source itself
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -132,17 +133,16 @@ def _why_not_ours(folder: Path, source: str | None) -> str | None:
             return (f"holds a checkpoint or export that does not record its source and place in {MARKER} "
                     "(another tool's, or made before mm recorded them)")
         return "exists and is not an earlier mm export"
-    if record["written_to"] != str(folder):
-        return f"holds an export written to {_shown(record['written_to'])} and copied or moved here"
-    if record["source"] != source:
-        return f"holds an export of another source ({_shown(record['source'])}, not {_shown(source)})"
+    if record["written_to"] != _fingerprint(str(folder)):
+        return "holds an export written to another folder and copied or moved here"
+    if record["source"] != _fingerprint(source):
+        return f"holds an export of a source other than {source!r}"
     return None
 
 
-def _shown(recorded: str | None, limit: int = 200) -> str:
-    """A recorded value for an error line: quoted (newlines escaped) and cut short (the file is anyone's)."""
-    text = repr(recorded)
-    return text if len(text) <= limit else text[:limit] + "...'"
+def _fingerprint(value: str | None) -> str:
+    """How a path is recorded: an export folder is shared (uploaded to a Hub), its owner's paths are not."""
+    return "sha256:" + hashlib.sha256(json.dumps(value).encode()).hexdigest()
 
 
 def _export_record(folder: Path) -> dict | None:
@@ -154,10 +154,10 @@ def _export_record(folder: Path) -> dict | None:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested past the parser's depth
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("written_to"), str):
+    if not isinstance(record, dict) or not all(isinstance(record.get(key), str) for key in ("written_to", "source")):
         return None
-    source, files = record.get("source", ""), record.get("files")  # a record without a source: not ours
-    if not (source is None or (isinstance(source, str) and source)) or not isinstance(files, list):
+    files = record.get("files")
+    if not isinstance(files, list):
         return None
     if not all(isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..") for name in files):
         return None
@@ -197,7 +197,7 @@ class export_directory:
 
     def _publish(self) -> None:
         written = sorted(os.listdir(self.tmp))
-        record = {"files": written, "written_to": str(self.target), "source": self.source}
+        record = {"files": written, "written_to": _fingerprint(str(self.target)), "source": _fingerprint(self.source)}
         (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
         for name in [*written, MARKER]:  # some writers (and mkdtemp) make files private to the owner
             os.chmod(self.tmp / name, default_mode(directory=(self.tmp / name).is_dir()))

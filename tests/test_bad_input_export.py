@@ -89,14 +89,14 @@ def test_a_copy_of_another_runs_export_is_refused_and_left_byte_identical(run1_e
 def test_an_export_is_replaced_by_a_re_export_of_its_source_only(run1_export, tmp_path):
     out = tmp_path / "hf"
     assert export("hf-llava", run1_export, out)[0] == 0
-    record = json.loads((out / MARKER).read_text())
-    assert record["written_to"] == str(out) and record["source"] == source_identity(run1_export, "checkpoint")
+    record = (out / MARKER).read_text()
+    assert "sha256:" in record and str(tmp_path) not in record and str(run1_export) not in record  # no local paths
     exported = snapshot(out)
     (out / "model.safetensors").write_bytes(b"stale")
     assert export("hf-llava", run1_export, out)[0] == 0  # the same source: ours, replaced
     assert snapshot(out) == exported and not leftovers(tmp_path)
     another = copy_of(run1_export, tmp_path / "another")
-    refused("hf-llava", another, out, mentions=(out, "another source", another, "--overwrite"))
+    refused("hf-llava", another, out, mentions=(out, f"a source other than 'checkpoint {another}'", "--overwrite"))
     assert snapshot(out) == exported
 
 
@@ -136,7 +136,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
 records = st.fixed_dictionaries({"files": json_values, "written_to": json_values, "source": json_values})
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(marker=st.binary(max_size=200) | records.map(lambda record: json.dumps(record).encode()))
 @example(marker=b"[" * 200_000)  # nested past the JSON parser's recursion limit
 @example(marker=b'{"files": ["../../etc/passwd"], "written_to": null, "source": null}\x00')
