@@ -15,6 +15,7 @@ from typing import Callable
 DEBUG_ENV = "MM_DEBUG"
 BAD_INPUT_STATUS = 2
 UNEXPECTED_STATUS = 1
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
 
 
 class BadInput(ValueError):
@@ -42,6 +43,11 @@ def run_cli(prog: str, body: Callable[[], int | None], *, bad_input: tuple[type[
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`mm-prep inspect ... | head`): stop quietly as a killed writer would; stdout is
+        # pointed at /dev/null so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_STATUS
     except (BadInput, *bad_input) as error:
         if debugging():
             raise

@@ -43,3 +43,17 @@ def test_status_and_interrupt(capsys):
     assert run_cli("mm-x", lambda: None) == 0
     assert run_cli("mm-x", _raise(KeyboardInterrupt())) == 130
     assert capsys.readouterr().err == "mm-x: interrupted\n"
+
+
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom mm.cli_errors import run_cli\n"
+              "def body():\n    for i in range(10**6):\n        print('line', i)\n"
+              "sys.exit(run_cli('mm-x', body))\n")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer.stdout.readline()
+    writer.stdout.close()  # what `| head -1` does
+    assert writer.wait(timeout=60) == 141
+    assert writer.stderr.read() == b""
