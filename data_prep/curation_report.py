@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    report = noise_report(read_jsonl(args.scores, ("id",)), read_jsonl(args.noise, ("id", "kind")))
+    try:
+        report = noise_report(read_jsonl(args.scores, ("id",)), read_jsonl(args.noise, ("id", "kind")))
+    except BadInput as error:
+        raise BadInput(str(error) if str(args.scores) in str(error) or str(args.noise) in str(error)
+                       else f"{args.scores}, {args.noise}: {error}") from None
     for metric, entry in report.items():
         kinds = "  ".join(f"{k.removeprefix('auroc_')} {v}" for k, v in entry.items() if k.startswith("auroc_"))
         print(f"{metric:<15} AUROC {entry['auroc']}  ({kinds}; {entry['n_noisy']} noisy, {entry['n_clean']} clean, "

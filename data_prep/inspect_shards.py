@@ -64,7 +64,7 @@ def iter_shard(path: Path) -> Iterator[ShardSample]:
     """Samples of one shard, in tar order; a shard that cannot be read is an error naming it."""
     try:
         yield from _read_shard(path)
-    except (tarfile.TarError, OSError, ValueError) as error:
+    except (tarfile.TarError, OSError, ValueError, RecursionError) as error:  # Recursion: a .json nested too deep
         raise ShardReadError(f"{path}: cannot read the shard, truncated or corrupt? ({error})") from None
 
 

@@ -123,6 +123,8 @@ def check_options(options: ScoreOptions) -> None:
 
 def check_out_path(out: Path) -> None:
     """--out names a file we can create: not a folder, under a folder (or one we can make) we may write in."""
+    if "\0" in str(out):
+        raise BadInput(f"--out {str(out)!r}: a path cannot hold a NUL byte")
     if out.is_dir():
         raise BadInput(f"--out {out} is a folder; it names the scores file (JSONL)")
     folder = out.absolute().parent
@@ -195,12 +197,24 @@ def read_lines(path: Path, *, torn_tail: bool = False, truncate: bool = False) -
 
 def _score_line(line: bytes) -> dict:
     try:
-        record = json.loads(line.decode("utf-8"))
+        record = json.loads(line.decode("utf-8"), parse_constant=_not_json, parse_float=_finite_float)
     except RecursionError:  # nesting deeper than the parser's stack: no line we wrote
         raise ValueError("JSON nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("key"), str):
         raise ValueError("not a JSON object with a string 'key'")
     return record
+
+
+def _not_json(constant: str):
+    """NaN and Infinity: Python's json reads them, but no score line holds one (we write strict JSON)."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: beyond float range, it would be written back as Infinity
+        raise ValueError(f"{text} is beyond float range")
+    return value
 
 
 def append_lines(path: Path, rows: list[dict]) -> None:
