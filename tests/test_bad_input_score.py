@@ -336,7 +336,7 @@ def test_any_line_in_an_existing_out_is_merged_or_refused(scored, sets, tmp_path
 @FAST
 @given(line=LINES)
 def test_any_line_in_a_partial_file_is_resumed_or_refused(scored, sets, tmp_path_factory, capsys, line):
-    from data_prep.score.runner import resume_record, ScoreOptions
+    from data_prep.score.runner import ScoreOptions, resume_record
     from data_prep.score.shard_set import shard_set_identity
 
     one, _ = sets
