@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import ast
 import os
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import tiny_cli_config, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +25,10 @@ class Payload:
 
 
 @pytest.mark.parametrize("ckpt_path", ["last", "file"])
-def test_fit_ckpt_path_refuses_a_checkpoint_that_unpickles_code(tmp_path, monkeypatch, ckpt_path):
+def test_fit_ckpt_path_refuses_a_checkpoint_that_unpickles_code(tmp_path, monkeypatch, capsys, ckpt_path):
     """`last` is the resume path (the run's checkpoints/last.ckpt); a plain file path is also read by
-    LightningCLI itself (for hyperparameters), which passes weights_only=True on its own."""
+    LightningCLI itself (for hyperparameters), which passes weights_only=True on its own. Either is refused
+    by mm-train's own check first: one line naming the file, status 2 (mm.cli_errors)."""
     from mm.train.cli import main
 
     write_shards(tmp_path / "data", [2])
@@ -40,8 +39,11 @@ def test_fit_ckpt_path_refuses_a_checkpoint_that_unpickles_code(tmp_path, monkey
     evil.parent.mkdir(parents=True)
     torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": Payload(marker)}, evil)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch < 2.6: weights_only=False by default
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(SystemExit) as refused:
         main(["fit", "--config", str(config), "--ckpt_path", "last" if ckpt_path == "last" else str(evil)])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "UnpicklingError: Weights only load failed" in error and str(evil) in error
     assert not marker.exists()
 
 

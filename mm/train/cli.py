@@ -9,27 +9,62 @@ The resolved config is written next to the logs/checkpoints (`config.yaml`). Eve
 (`metrics.csv`, read by `mm-plot`) and TensorBoard: a lone CSVLogger or TensorBoardLogger gets the other
 beside it (`--csv_and_tensorboard false`: only the configured one). With the progress bar off, a
 `ProgressLines` callback prints a short line every 50 optimizer steps instead.
+
+A bad option or config value, a setting out of range and a --ckpt_path that is missing, empty, cut short or
+not a Lightning checkpoint are one `mm-train: error:` line and status 2 (mm.cli_errors), before the model is
+built or a folder written (`--ckpt_path last` is found, and checked, once the Trainer exists).
 """
 
 from __future__ import annotations
 
-import sys
+import math
+import zipfile
+from argparse import ArgumentError
 from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from mm.cli_errors import run_cli
+from mm.chat import TEMPLATES
+from mm.cli_errors import BadInput, one_line, run_cli
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
 from mm.train.dpo_module import for_stage
 from mm.train.module import CheckpointMismatch, VLMTrainingModule
+from mm.train.policy import TrainingPolicy
 from mm.train.progress import ProgressLines
 from mm.train.strategies import UnsupportedStrategy, check_strategy
 
+# --ckpt_path values Lightning resolves itself rather than naming a file
+NAMED_CHECKPOINTS = ("last", "best", "hpc")
+
+
+class UnusableCheckpoint(BadInput):
+    """A --ckpt_path that is missing, not a file, or not a readable Lightning checkpoint (cut short, corrupt,
+    carrying pickled code): the message names the file, and an older checkpoint beside it if there is one."""
+
 
 class MMTrainCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        # a bad option or config file raises (one run_cli line) instead of printing the usage block and exiting
+        return super().init_parser(**{**kwargs, "exit_on_error": False})
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before anything is built or logged: LightningCLI reads an explicit checkpoint right after parsing (for
+        # its hyperparameters), and Trainer.fit would fail on it only after creating the run's log folders.
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        check_settings(config, fit=subcommand == "fit")
+        check_policy(config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None and ckpt_path not in NAMED_CHECKPOINTS and not str(ckpt_path).startswith("registry"):
+            check_checkpoint(Path(ckpt_path), "--ckpt_path")
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_argument(
@@ -46,6 +81,14 @@ class MMTrainCLI(LightningCLI):
             check_strategy(config.trainer.strategy, config.model.policy)  # when absent, naming no working fix
         if config.get("weights_only") is None:  # explicit, whatever torch's default: never unpickle code
             config.weights_only = True
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BadInput:
+            raise
+        except ValueError as error:  # a class's own check of its settings (TrainingPolicy's ranges, ...)
+            raise BadInput(f"invalid setting: {one_line(error)}") from error
 
     def after_instantiate_classes(self) -> None:
         # The preference stages (model.policy.stage dpo, dpo_lora) train with DPOTrainingModule: same options.
@@ -67,7 +110,47 @@ class MMTrainCLI(LightningCLI):
         add_progress_lines(self.trainer)
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = str(find_last_checkpoint(self.trainer))
+            last = find_last_checkpoint(self.trainer)
+            check_checkpoint(last, "--ckpt_path last")
+            config["ckpt_path"] = str(last)
+
+
+# Settings whose bad values would otherwise fail deep inside training (a division by zero, a silent ascent
+# with a negative lr), after the run's folders exist: (key, valid, what is valid, fit only)
+SETTING_CHECKS = [
+    ("data.batch_size", lambda v: v >= 1, "a whole number >= 1", False),
+    ("data.num_workers", lambda v: v >= 0, "a whole number >= 0", False),
+    ("data.max_length", lambda v: v is None or v >= 1, "a whole number >= 1 or null", False),
+    ("data.template", lambda v: v is None or v in TEMPLATES, f"one of {sorted(TEMPLATES)} or null", False),
+    ("trainer.accumulate_grad_batches", lambda v: v >= 1, "a whole number >= 1", True),
+    ("trainer.max_steps", lambda v: v == -1 or v >= 1, "-1 (no limit) or a whole number >= 1", True),
+    ("model.policy.lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0", True),
+]
+
+
+def check_settings(config, *, fit: bool) -> None:
+    for key, valid, requirement, fit_only in SETTING_CHECKS:
+        if fit_only and not fit:
+            continue
+        try:
+            value = config[key]
+        except KeyError:  # not an option of this subcommand or model
+            continue
+        if not valid(value):
+            raise BadInput(f"--{key} {value!r}: must be {requirement}")
+
+
+def check_policy(config) -> None:
+    """TrainingPolicy's own range checks, run on the parsed values before seeding and building (which print
+    and cost minutes); the module makes the same policy again."""
+    try:
+        policy = config["model.policy"]
+    except KeyError:
+        return
+    try:
+        TrainingPolicy(**policy.as_dict())
+    except (ValueError, TypeError) as error:
+        raise BadInput(f"--model.policy: {one_line(error)}") from None
 
 
 def pair_csv_and_tensorboard(trainer) -> None:
@@ -111,11 +194,48 @@ def find_last_checkpoint(trainer) -> Path:
     candidates = [path for folder in folders for path in folder.glob("last*.ckpt")]
     if not candidates:
         looked = ", ".join(sorted({str(folder) for folder in folders})) or "(no checkpoint folder is configured)"
-        raise SystemExit(
-            f"mm-train: error: --ckpt_path last: no checkpoint to resume under {Path(trainer.default_root_dir).resolve()} "
+        raise UnusableCheckpoint(
+            f"--ckpt_path last: no checkpoint to resume under {Path(trainer.default_root_dir).resolve()} "
             f"(looked for last*.ckpt in {looked}); run without --ckpt_path to start a new run"
         )
     return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+def check_checkpoint(path: Path, option: str) -> None:
+    """`path` is a Lightning checkpoint torch can read without running pickled code, else one
+    `UnusableCheckpoint` line naming it (and the newest good checkpoint beside it, to resume from instead)."""
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return
+    older = newest_readable_checkpoint(path.parent, besides=path) if path.parent.is_dir() else None
+    hint = f"; the newest readable checkpoint beside it is {older}" if older else ""
+    raise UnusableCheckpoint(f"{option}: {path}: {problem}{hint}")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What makes `path` no checkpoint to resume from, or None. Memory-mapped, so only the pickled structure
+    is read, not the tensors: cheap even for large checkpoints."""
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a file (a .ckpt file is expected)"
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not zipfile.is_zipfile(path):  # torch.save's format since torch 1.6, Lightning's; a cut-off one is none
+        return "not a torch checkpoint (no zip archive: truncated, or another kind of file?)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt or foreign bytes; all mean unusable
+        reason = one_line(error).split(". ")[0][:300]  # torch's messages go on with advice for its own developers
+        return f"not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {reason}"
+    if not isinstance(state, dict) or "state_dict" not in state:
+        return "not a Lightning checkpoint (it holds no state_dict)"
+    return None
+
+
+def newest_readable_checkpoint(folder: Path, *, besides: Path) -> Path | None:
+    others = sorted((p for p in folder.glob("*.ckpt") if p != besides), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((other for other in others if checkpoint_problem(other) is None), None)
 
 
 def make_cli(args=None, run: bool = True) -> MMTrainCLI:
@@ -135,7 +255,10 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
 def main(args=None) -> None:
     # a mistake in the data, strategy, export or resume options: one line, no traceback, rc 2 (mm.cli_errors)
     def fit_or_other_subcommand() -> int:
-        make_cli(args)
+        try:
+            make_cli(args)
+        except ArgumentError as error:  # jsonargparse puts what is wrong on the lines after 'Parser key "x":'
+            raise BadInput(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
         return 0
 
     status = run_cli("mm-train", fit_or_other_subcommand,
