@@ -69,15 +69,29 @@ def _load_llava(directory: Path, *, trust_remote_code: bool):
         return load_llava_hf(directory, trust_remote_code=trust_remote_code)
 
 
+def _config_class_errors() -> tuple[type[BaseException], ...]:
+    """What transformers' typed config classes raise for a field of the wrong type (huggingface_hub's
+    strict dataclasses, not a ValueError); none on versions without them."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
+
+
+_CONFIG_CLASS_ERRORS = _config_class_errors()
+
+
 @contextmanager
 def _describes_no_model(path: Path, what: str = "config"):
     """Errors from reading a config (not JSON, a list, a field of the wrong type) or building what it
-    describes become one `UnreadableCheckpoint` naming `path`; errors that already name their file pass."""
+    describes become one `UnreadableCheckpoint` naming `path` (RecursionError: JSON nested too deep); errors
+    that already name their file pass."""
     try:
         yield
     except (BadInput, OSError, LlavaIncompatible):  # these say already what is wrong, and where
         raise
-    except (ValueError, TypeError, AttributeError, KeyError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError, *_CONFIG_CLASS_ERRORS) as error:
         raise UnreadableCheckpoint(f"{path}: not a usable {what}: {one_line(error)}") from error
 
 
