@@ -18,6 +18,7 @@ built or a folder written (`--ckpt_path last` is found, and checked, once the Tr
 from __future__ import annotations
 
 import math
+import sys
 import zipfile
 from argparse import ArgumentError
 from pathlib import Path
@@ -52,7 +53,11 @@ class MMTrainCLI(LightningCLI):
         return super().init_parser(**{**kwargs, "exit_on_error": False})
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except UnicodeDecodeError as error:  # jsonargparse reads config files as UTF-8 and names none
+            raise BadInput(f"--config {undecodable_config(args)}: not UTF-8 text ({error.reason} at byte "
+                           f"{error.start})") from None
         # Before anything is built or logged: LightningCLI reads an explicit checkpoint right after parsing (for
         # its hyperparameters), and Trainer.fit would fail on it only after creating the run's log folders.
         subcommand = self.config.get("subcommand")
@@ -199,6 +204,21 @@ def find_last_checkpoint(trainer) -> Path:
             f"(looked for last*.ckpt in {looked}); run without --ckpt_path to start a new run"
         )
     return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+def undecodable_config(args) -> str:
+    """The first --config file in `args` (default: the command line) that is not UTF-8, or '(a file)'."""
+    args = list(sys.argv[1:] if args is None else args)
+    paths = [value for option, value in zip(args, args[1:]) if option in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        try:
+            Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            return path
+        except OSError:
+            continue
+    return "(a file)"
 
 
 def check_checkpoint(path: Path, option: str) -> None:
