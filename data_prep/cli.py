@@ -12,33 +12,10 @@ from data_prep.convert import ConversionInterrupted, ConvertOptions, ConvertResu
 from data_prep.images import CHECK_MODES
 from data_prep.records import SHORT_ANSWER_SUFFIX
 from data_prep.score import add_score_command
-from mm.cli_errors import BadInput, run_cli
+from mm.cli_errors import BadInput, OneLineParser, run_cli, whole_number_at_least
 
 MAX_SYNTH_IMAGE_SIZE = 4096
 """Largest --image-size synth draws (at 4x supersampling a 4096 px scene is already 800 MB of pixels)."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """A bad option is one `mm-prep CMD: error: ...` line and status 2, as every other bad input, not argparse's
-    usage block (`--help` shows the usage)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _at_least(minimum: int):
-    """An argparse type: a whole number >= `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _input_file(path: str, option: str) -> None:
@@ -68,10 +45,10 @@ def _add_shard_options(parser: argparse.ArgumentParser, samples_per_shard: int =
     group = parser.add_argument_group("shards")
     group.add_argument("--out", required=True, help="output directory")
     group.add_argument("--seed", type=int, default=0, help="seed of the shuffle (and of generation for synth)")
-    group.add_argument("--samples-per-shard", type=_at_least(1), default=samples_per_shard, help="most samples per shard")
-    group.add_argument("--max-shard-bytes", type=_at_least(1), default=1_000_000_000, help="most bytes per shard (estimated)")
-    group.add_argument("--workers", type=_at_least(1), default=_default_workers(), help="processes writing shards (one shard each)")
-    group.add_argument("--max-image-side", type=_at_least(1), default=None,
+    group.add_argument("--samples-per-shard", type=whole_number_at_least(1), default=samples_per_shard, help="most samples per shard")
+    group.add_argument("--max-shard-bytes", type=whole_number_at_least(1), default=1_000_000_000, help="most bytes per shard (estimated)")
+    group.add_argument("--workers", type=whole_number_at_least(1), default=_default_workers(), help="processes writing shards (one shard each)")
+    group.add_argument("--max-image-side", type=whole_number_at_least(1), default=None,
                        help="re-encode images whose longer side exceeds this (default: copy bytes verbatim)")
     group.add_argument("--check", choices=CHECK_MODES, default="fast",
                        help="image check: fast (headers + integrity markers) or full (decode every image)")
@@ -196,7 +173,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="mm-prep", description="Datasets -> validated webdataset shards.")
+    parser = OneLineParser(prog="mm-prep", description="Datasets -> validated webdataset shards.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     llava = commands.add_parser("llava", help="LLaVA JSON/JSONL annotations + image folder -> shards")

@@ -13,7 +13,7 @@ from eval.distributed import Ranks, init_process_group
 from eval.predictions import PredictionFileError
 from eval.tasks import TASKS, UnknownTaskError, get_task
 from eval.tasks.base import TaskDataError, flag
-from mm.cli_errors import run_cli
+from mm.cli_errors import OneLineParser, run_cli
 from mm.hub import CheckpointNotFound
 
 log = logging.getLogger("mm-eval")
@@ -158,7 +158,7 @@ def _task_name(argv: list[str]) -> str | None:
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mm-eval", description=__doc__)
+    parser = OneLineParser(prog="mm-eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     task_name = _task_name(argv)
     if task_name is not None:

@@ -8,9 +8,10 @@ raised as they are, traceback and all.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 DEBUG_ENV = "MM_DEBUG"
 BAD_INPUT_STATUS = 2
@@ -59,3 +60,32 @@ def run_cli(prog: str, body: Callable[[], int | None], *, bad_input: tuple[type[
         print(f"{prog}: internal error: {type(error).__name__}: {one_line(error)} "
               f"(set {DEBUG_ENV}=1 for the traceback and please report it)", file=sys.stderr)
         return UNEXPECTED_STATUS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad option as one `PROG: error: ...` line and status 2 instead of the usage block
+    (`--help` shows the usage). Subcommand parsers made from it inherit this."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT_STATUS, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def checked_number(kind: Callable[[str], Any], check: Callable[[Any], bool], requirement: str):
+    """An argparse type: `kind(text)` when `check` holds for it, else an error saying `requirement`
+    (e.g. `checked_number(int, lambda n: n >= 1, "a whole number >= 1")`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {requirement}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {requirement}")
+        return value
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its own messages
+    return parse
+
+
+def whole_number_at_least(minimum: int):
+    return checked_number(int, lambda n: n >= minimum, f"a whole number >= {minimum}")

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 import mm
-from mm.cli_errors import BadInput, one_line, run_cli
+from mm.cli_errors import BadInput, OneLineParser, one_line, run_cli
 from mm.export_target import check_export_target, source_identity
 
 FORMATS = {  # subcommand -> (mm.llava exporter, help)
@@ -20,7 +20,7 @@ FORMATS = {  # subcommand -> (mm.llava exporter, help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mm-export", description=__doc__)
+    parser = OneLineParser(prog="mm-export", description=__doc__)
     formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
     for name, (_, help_text) in FORMATS.items():
         command = formats.add_parser(name, help=help_text)

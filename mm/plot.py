@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mm.atomic import write_bytes_atomic
-from mm.cli_errors import run_cli
+from mm.cli_errors import OneLineParser, run_cli
 
 LOSS, THROUGHPUT = "train/loss", "throughput/tokens_per_s"
 PANELS = (("loss", "train loss"), ("lr", "learning rate (largest group)"), ("throughput", "tokens / s"))
@@ -294,8 +294,8 @@ def save_png(figure, path: str | Path, option: str = "--out") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mm-plot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="mm-plot", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (default_root_dir) or folders of runs")
     parser.add_argument("--out", required=True, type=Path, help="the PNG to write")
     return parser

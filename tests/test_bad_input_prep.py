@@ -206,12 +206,12 @@ def test_any_json_value_as_a_record_is_written_or_a_counted_skip(images, command
 
 @pytest.mark.parametrize("command", ["llava", "pref", "synth"])
 @pytest.mark.parametrize("option, value, mention", [
-    ("--samples-per-shard", "0", "must be >= 1"),
-    ("--samples-per-shard", "-1", "must be >= 1"),
+    ("--samples-per-shard", "0", "is not a whole number >= 1"),
+    ("--samples-per-shard", "-1", "is not a whole number >= 1"),
     ("--samples-per-shard", "abc", "not a whole number"),
-    ("--workers", "0", "must be >= 1"),
-    ("--max-shard-bytes", "0", "must be >= 1"),
-    ("--max-image-side", "0", "must be >= 1"),
+    ("--workers", "0", "is not a whole number >= 1"),
+    ("--max-shard-bytes", "0", "is not a whole number >= 1"),
+    ("--max-image-side", "0", "is not a whole number >= 1"),
     ("--seed", "x", "invalid int value"),
     ("--check", "slow", "invalid choice"),
 ])  # fmt: skip
