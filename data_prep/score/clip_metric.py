@@ -26,9 +26,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     A checkpoint wrapping them in ``state_dict`` (open_clip's training checkpoints) and DDP's ``module.``
     prefixes are unwrapped."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from mm.weights import read_safetensors  # a truncated file: one line naming it
 
-        state = load_file(str(path))
+        state = read_safetensors(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

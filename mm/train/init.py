@@ -74,12 +74,12 @@ def saved_state(path: str | Path, part: str = "projector") -> dict[str, torch.Te
     Lightning .ckpt (which holds the trainable weights only)."""
     path = Path(path)
     if path.is_dir():
-        from safetensors.torch import load_file
+        from mm.weights import read_safetensors  # a truncated file: one line naming it
 
         weights_file = path / "model.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(f"{path} has no model.safetensors (is it an mm export directory?)")
-        state, prefix = load_file(str(weights_file)), f"{part}." if part else ""
+        state, prefix = read_safetensors(weights_file), f"{part}." if part else ""
     elif path.is_file():
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state, prefix = checkpoint.get("state_dict", {}), f"vlm.{part}." if part else "vlm."
