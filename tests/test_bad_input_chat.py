@@ -124,6 +124,17 @@ def test_a_broken_checkpoint_is_one_line_naming_it(folder, capsys, monkeypatch, 
     assert out == ""
 
 
+def test_a_broken_llava_hf_directory_is_one_line_naming_the_file(folder, model, tmp_path, capsys, monkeypatch):
+    mm.llava.export_llava_hf(model, tmp_path / "hf")
+    capsys.readouterr()  # the export's progress bar
+    truncate(tmp_path / "hf" / "model.safetensors")
+    code, _, err = chat([str(tmp_path / "hf"), *GREEDY], b"hi\n", capsys, monkeypatch)
+    assert_refused(code, err, str(tmp_path / "hf" / "model.safetensors"), "truncated or corrupt")
+    (tmp_path / "hf" / "config.json").write_bytes(b'{"model_type": "llava", ')
+    code, _, err = chat([str(tmp_path / "hf"), *GREEDY], b"hi\n", capsys, monkeypatch)
+    assert_refused(code, err, str(tmp_path / "hf" / "config.json"), "not a usable config")
+
+
 @pytest.mark.parametrize("path", ["./nowhere", "ckpt/mm_config.json", "photo.png", "./a/b/c"])
 def test_a_checkpoint_that_is_no_folder_is_one_line(folder, capsys, monkeypatch, path):
     monkeypatch.chdir(folder)
