@@ -38,6 +38,7 @@ from mm.train.policy import TrainingPolicy
 from mm.train.progress import ProgressLines
 from mm.train.strategies import UnsupportedStrategy, check_strategy
 
+SUBCOMMANDS = tuple(LightningCLI.subcommands())  # fit, validate, test, predict
 # --ckpt_path values Lightning resolves itself rather than naming a file
 NAMED_CHECKPOINTS = ("last", "best", "hpc")
 
@@ -48,10 +49,6 @@ class UnusableCheckpoint(BadInput):
 
 
 class MMTrainCLI(LightningCLI):
-    def init_parser(self, **kwargs):
-        # a bad option or config file raises (one run_cli line) instead of printing the usage block and exiting
-        return super().init_parser(**{**kwargs, "exit_on_error": False})
-
     def parse_arguments(self, parser, args) -> None:
         try:
             super().parse_arguments(parser, args)
@@ -266,6 +263,8 @@ def make_cli(args=None, run: bool = True) -> MMTrainCLI:
         subclass_mode_data=False,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # a bad option or config file raises (one run_cli line) instead of printing the usage block and exiting
+        parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in SUBCOMMANDS}},
         args=args,
         run=run,
         auto_configure_optimizers=False,
