@@ -59,7 +59,10 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 def chat(argv: list[str], stdin: bytes, capsys, monkeypatch) -> tuple[int, str, str]:
     """`mm-chat` in process, with `stdin` as the bytes a pipe would give (a text stream with a buffer)."""
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-    code = chat_main(argv)
+    try:
+        code = chat_main(argv)
+    except SystemExit as exit_:  # a bad option: the parser's own one line and status
+        code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -116,8 +116,10 @@ def test_a_scripts_first_error_is_one_line_and_status_2(checkpoint, monkeypatch,
 
 
 def test_bad_options_and_checkpoints_are_one_line(checkpoint, monkeypatch, capsys):
-    assert chat(checkpoint, "", "--top-p", "0", monkeypatch=monkeypatch, capsys=capsys)[2] == \
-        "mm-chat: error: argument --top-p: '0' is not a number in (0, 1]\n"  # fmt: skip
+    with pytest.raises(SystemExit) as refused:
+        chat(checkpoint, "", "--top-p", "0", monkeypatch=monkeypatch, capsys=capsys)
+    assert refused.value.code == 2 and capsys.readouterr().err == \
+        "mm-chat: error: argument --top-p: '0' is not a number in (0, 1] (see mm-chat --help)\n"  # fmt: skip
     code, _, err = chat(checkpoint, "", "--compare", str(checkpoint / "ckpt"), monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2 and err == "mm-chat: error: --compare needs --web (the terminal chat talks to one model)\n"
     assert chat_main([str(checkpoint / "nowhere")]) == 2

@@ -13,37 +13,14 @@ import math
 import sys
 
 from mm.chat_app.session import ChatError, Sampling, context_length
-from mm.cli_errors import BadInput, run_cli
+from mm.cli_errors import OneLineParser, checked_number, run_cli, whole_number_at_least
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """A bad option is one `mm-chat: error: ...` line (run_cli's), not argparse's usage block."""
-
-    def error(self, message: str):
-        raise BadInput(message)
-
-
-def _number(kind, check, requirement: str):
-    """An argparse type: `kind(text)` when `check` holds, else an error saying `requirement`."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {requirement}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {requirement}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its own messages
-    return parse
-
-
-temperature = _number(float, lambda t: math.isfinite(t) and (t == 0 or t >= Sampling.MIN_TEMPERATURE),
-                      f"0 (greedy) or a finite number >= {Sampling.MIN_TEMPERATURE}")
-probability = _number(float, lambda p: 0 < p <= 1, "a number in (0, 1]")
-positive = _number(int, lambda n: n >= 1, "a whole number >= 1")
-seed = _number(int, lambda n: 0 <= n <= Sampling.MAX_SEED, f"a whole number from 0 to {Sampling.MAX_SEED}")
-port = _number(int, lambda n: 1 <= n <= 65535, "a port number from 1 to 65535")
+temperature = checked_number(float, lambda t: math.isfinite(t) and (t == 0 or t >= Sampling.MIN_TEMPERATURE),
+                             f"0 (greedy) or a finite number >= {Sampling.MIN_TEMPERATURE}")
+probability = checked_number(float, lambda p: 0 < p <= 1, "a number in (0, 1]")
+positive = whole_number_at_least(1)
+seed = checked_number(int, lambda n: 0 <= n <= Sampling.MAX_SEED, f"a whole number from 0 to {Sampling.MAX_SEED}")
+port = checked_number(int, lambda n: 1 <= n <= 65535, "a port number from 1 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # a bad option: one line and status 2 (OneLineParser)
     # OSError: a port in use, a checkpoint path that is not there
-    return run_cli("mm-chat", lambda: _chat(build_parser().parse_args(argv)), bad_input=(ChatError, OSError))
+    return run_cli("mm-chat", lambda: _chat(args), bad_input=(ChatError, OSError))
 
 
 def _chat(args: argparse.Namespace) -> int:
