@@ -28,7 +28,8 @@ def build_vlm(
     vision_tower = build_vision_tower(config.vision, load_weights=load_weights)
     llm = build_llm(config.llm, load_weights=load_weights, trust_remote_code=trust_remote_code)
     if tokenizer is None:
-        tokenizer = load_tokenizer(tokenizer_source(config.llm), trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(tokenizer_source(config.llm), trust_remote_code=trust_remote_code,
+                                   image_token=config.image_token)
     add_image_token(tokenizer, llm, config.image_token)
     llm_hidden = llm.config.get_text_config().hidden_size
     projector = build_projector(config.projector, vision_tower.hidden_size, llm_hidden)

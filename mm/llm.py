@@ -8,8 +8,10 @@ import os
 
 from torch import nn
 
+from mm.chat import IMAGE_TOKEN
 from mm.config import LLMConfig
 from mm.files import read_json
+from mm.hf_processor import read_chat_template
 from mm.hub import local_or_hub
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,16 @@ def refuse_llava_directory(name_or_path: str) -> None:
             raise ValueError(f"{name_or_path} is a llava-hf directory: load it whole with mm.load_pretrained")
 
 
-def load_tokenizer(source: str, *, trust_remote_code: bool = False):
+def load_tokenizer(source: str, *, trust_remote_code: bool = False, image_token: str = IMAGE_TOKEN):
     from transformers import AutoTokenizer
 
     with local_or_hub(source, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer at {source!r} is not a fast tokenizer (offsets are needed by mm.chat)")
+    # The tokenizer of an `mm-export` folder adds no BOS (its chat template writes it); mm's own templates
+    # leave the BOS to the tokenizer, so training or scoring with that tokenizer would silently drop it.
+    read_chat_template(tokenizer, image_token)
     return tokenizer
 
 

@@ -14,6 +14,7 @@ import mm
 from mm.chat import encode_prompt, jinja_template, stop_token_ids
 from mm.export import main as export_main
 from mm.llava import LlavaDirectoryIncomplete
+from mm.llm import load_tokenizer
 from mm.tiny import TOKENIZER_DIR
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -172,6 +173,8 @@ def test_installed_export_gives_one_bos_in_every_transformers_flow(tmp_path):
     back = mm.load_pretrained(tmp_path / "hf")  # mm adds the BOS again where its template leaves it to the tokenizer
     assert mm_inputs(back, list(conversation), [image])[0][0].tolist() == ours
     assert back.tokenizer("x")["input_ids"] == model.tokenizer("x")["input_ids"]
+    # the export folder as a tokenizer source (`llm.tokenizer: EXPORT`, `mm-prep score --tokenizer EXPORT`)
+    assert load_tokenizer(str(tmp_path / "hf"))("x")["input_ids"] == model.tokenizer("x")["input_ids"]
 
 
 @pytest.mark.parametrize("shape", ["system, two images, two turns", "image after text, answer as a string"])
