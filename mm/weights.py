@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mm.cli_errors import BadInput
+from mm.cli_errors import BadInput, one_line
 
 
 class UnreadableWeights(BadInput):
@@ -57,6 +58,28 @@ def check_weights_file(path: str | os.PathLike) -> None:
 def corrupt_weights(path: str | os.PathLike, error: BaseException) -> UnreadableWeights:
     reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
     return UnreadableWeights(f"{path}: not a valid safetensors file (truncated or corrupt?): {reason}")
+
+
+
+def lightning_checkpoint_problem(path: Path) -> str | None:
+    """What makes `path` no checkpoint to resume from, or None. Memory-mapped, so only the pickled structure
+    is read, not the tensors: cheap even for large checkpoints."""
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a file (a .ckpt file is expected)"
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not zipfile.is_zipfile(path):  # torch.save's format since torch 1.6, Lightning's; a cut-off one is none
+        return "not a torch checkpoint (no zip archive: truncated, or another kind of file?)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt or foreign bytes; all mean unusable
+        reason = one_line(error).split(". ")[0][:300]  # torch's messages go on with advice for its own developers
+        return f"not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {reason}"
+    if not isinstance(state, dict) or "state_dict" not in state:
+        return "not a Lightning checkpoint (it holds no state_dict)"
+    return None
 
 
 @contextlib.contextmanager

@@ -193,3 +193,11 @@ def test_any_bad_batch_size_or_lr_is_refused_in_one_line(setup, capsys, option_v
     line = refused_in_process(["fit", "--config", str(config), f"{option}={value}"], capsys)
     assert option.removeprefix("--") in line
     assert not (folder / "run").exists()
+
+
+def test_a_truncated_init_projector_from_checkpoint_is_one_line_naming_it(setup, tmp_path, capsys):
+    _, config = setup
+    bad = truncated(lightning_checkpoint(tmp_path / "align.ckpt"))
+    line = refused_in_process(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"),
+                               "--model.policy.init_projector_from", str(bad)], capsys)
+    assert f"{bad}: not a torch checkpoint" in line, line

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import math
 import sys
-import zipfile
 from argparse import ArgumentError
 from pathlib import Path
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -37,6 +35,7 @@ from mm.train.module import CheckpointMismatch, VLMTrainingModule
 from mm.train.policy import TrainingPolicy
 from mm.train.progress import ProgressLines
 from mm.train.strategies import UnsupportedStrategy, check_strategy
+from mm.weights import lightning_checkpoint_problem
 
 SUBCOMMANDS = tuple(LightningCLI.subcommands())  # fit, validate, test, predict
 # --ckpt_path values Lightning resolves itself rather than naming a file
@@ -221,7 +220,7 @@ def undecodable_config(args) -> str:
 def check_checkpoint(path: Path, option: str) -> None:
     """`path` is a Lightning checkpoint torch can read without running pickled code, else one
     `UnusableCheckpoint` line naming it (and the newest good checkpoint beside it, to resume from instead)."""
-    problem = checkpoint_problem(path)
+    problem = lightning_checkpoint_problem(path)
     if problem is None:
         return
     older = newest_readable_checkpoint(path.parent, besides=path) if path.parent.is_dir() else None
@@ -229,30 +228,9 @@ def check_checkpoint(path: Path, option: str) -> None:
     raise UnusableCheckpoint(f"{option}: {path}: {problem}{hint}")
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """What makes `path` no checkpoint to resume from, or None. Memory-mapped, so only the pickled structure
-    is read, not the tensors: cheap even for large checkpoints."""
-    if not path.exists():
-        return "no such file"
-    if not path.is_file():
-        return "not a file (a .ckpt file is expected)"
-    if path.stat().st_size == 0:
-        return "empty file"
-    if not zipfile.is_zipfile(path):  # torch.save's format since torch 1.6, Lightning's; a cut-off one is none
-        return "not a torch checkpoint (no zip archive: truncated, or another kind of file?)"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt or foreign bytes; all mean unusable
-        reason = one_line(error).split(". ")[0][:300]  # torch's messages go on with advice for its own developers
-        return f"not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {reason}"
-    if not isinstance(state, dict) or "state_dict" not in state:
-        return "not a Lightning checkpoint (it holds no state_dict)"
-    return None
-
-
 def newest_readable_checkpoint(folder: Path, *, besides: Path) -> Path | None:
     others = sorted((p for p in folder.glob("*.ckpt") if p != besides), key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((other for other in others if checkpoint_problem(other) is None), None)
+    return next((other for other in others if lightning_checkpoint_problem(other) is None), None)
 
 
 def make_cli(args=None, run: bool = True) -> MMTrainCLI:

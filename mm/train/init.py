@@ -9,7 +9,7 @@ import torch
 
 from mm.builder import build_vlm
 from mm.config import VLMConfig
-from mm.weights import assign_state_dict
+from mm.weights import UnreadableWeights, assign_state_dict, lightning_checkpoint_problem, read_safetensors
 from mm.train.policy import LORA_STAGES, TrainingPolicy
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,13 @@ def saved_state(path: str | Path, part: str = "projector") -> dict[str, torch.Te
     Lightning .ckpt (which holds the trainable weights only)."""
     path = Path(path)
     if path.is_dir():
-        from mm.weights import read_safetensors  # a truncated file: one line naming it
-
         weights_file = path / "model.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(f"{path} has no model.safetensors (is it an mm export directory?)")
         state, prefix = read_safetensors(weights_file), f"{part}." if part else ""
     elif path.is_file():
+        if problem := lightning_checkpoint_problem(path):  # a cut-off .ckpt: one line naming it, not torch's error
+            raise UnreadableWeights(f"{path}: {problem}")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state, prefix = checkpoint.get("state_dict", {}), f"vlm.{part}." if part else "vlm."
     else:
