@@ -16,6 +16,7 @@ from typing import Any, Callable
 DEBUG_ENV = "MM_DEBUG"
 BAD_INPUT_STATUS = 2
 UNEXPECTED_STATUS = 1
+WORKER_TRACEBACK = "Original Traceback"
 SIGPIPE_STATUS = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
 
 
@@ -32,6 +33,10 @@ def one_line(error: BaseException | str) -> str:
     if isinstance(error, KeyError) and error.args:
         error = str(error.args[0])
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith(WORKER_TRACEBACK) for line in lines):
+        # torch's DataLoader re-raises a worker's error with the worker's traceback as its message: its
+        # last line is `Type: the message`
+        lines = [lines[-1].split(": ", 1)[-1]]
     return "; ".join(lines) or type(error).__name__
 
 

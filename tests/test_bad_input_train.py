@@ -201,3 +201,12 @@ def test_a_truncated_init_projector_from_checkpoint_is_one_line_naming_it(setup,
     line = refused_in_process(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"),
                                "--model.policy.init_projector_from", str(bad)], capsys)
     assert f"{bad}: not a torch checkpoint" in line, line
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])  # in a DataLoader worker the error arrives wrapped in its traceback
+def test_a_max_length_no_sample_fits_is_one_line(setup, tmp_path, capsys, workers):
+    config = tmp_path / "run.yaml"  # this run starts (and logs) before its data fails: not under the shared folder
+    config.write_text(tiny_cli_config(tmp_path / "run", setup[0] / "data", steps=1, trainer=CSV_LOGGER))
+    line = refused_in_process(["fit", "--config", str(config), "--data.max_length", "2", "--data.num_workers", workers],
+                              capsys)
+    assert "has no valid sample in its slice" in line and "--data.max_length" in line, line

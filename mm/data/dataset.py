@@ -26,10 +26,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mm.data.batching import collate, length_grouped, masked_copy, pack
 from mm.data.samples import Sample, SampleDecoder, SkipSample
 from mm.data.skips import SkipReason
-from mm.data.shards import ResolvedSource
+from mm.data.shards import ResolvedSource, ShardSourceError
 from mm.data.stream import consumer_bounds, plan_epoch, read_pieces, shuffle_buffer, slice_pieces
 
 log = logging.getLogger(__name__)
+
+
+class NoUsableSample(ShardSourceError):
+    """Every sample a consumer was given was skipped: bad input (the data or max_length), not a bug."""
 
 
 @dataclass
@@ -144,9 +148,10 @@ class ShardStreamDataset(IterableDataset):
                 break
         while produced < quota:
             if last is None:
-                raise RuntimeError(
+                raise NoUsableSample(
                     f"consumer {consumer} (rank {self.rank}) has no valid sample in its slice "
-                    f"(skipped: {dict(skipped)}); the data is too corrupt or too small for this many workers"
+                    f"(skipped: {dict(skipped)}); the data is too corrupt, too small for this many workers, or "
+                    "longer than --data.max_length"
                 )
             padding = masked_copy(last)
             padding["index_in_epoch"] = produced * self.num_workers + worker
