@@ -10,13 +10,12 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from cli_checks import BIN, assert_refused, run_installed
+from cli_checks import BIN, as_a_user, assert_refused, run_installed
 from helpers_model import tiny_model
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -171,20 +170,6 @@ def test_a_training_run_refuses_another_runs_export_and_replaces_its_own(run1_ex
 
 
 # ----------------------------------------------------------------------------- item 10: read-only targets
-UNPRIVILEGED = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
-                "-dac_override,-dac_read_search"]
-
-
-def as_a_user(argv: list[str], **options) -> subprocess.CompletedProcess:
-    """Run `argv` as a user who meets permission bits: as root, without the capabilities that bypass them
-    (root ignores a folder's mode; CI runs as root)."""
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv: permission bits cannot be met")
-        argv = [*UNPRIVILEGED, *argv]
-    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300, **options)
-
-
 @pytest.fixture
 def read_only_out(tmp_path):
     """`tmp_path/out`, holding a user's file, mode 555 in a writable folder."""

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cli_checks import assert_refused, run_installed
+from cli_checks import BIN, as_a_user, assert_refused, run_installed
 from mm.plot import MAX_LINE_BYTES, main
 
 HEADER = b"epoch,step,lr/llm/decay,throughput/tokens_per_s,train/loss\n"
@@ -228,12 +228,11 @@ def test_a_symlink_loop_under_a_run_is_not_followed(tmp_path):
     assert plot(tmp_path / "run", "--out", tmp_path / "fig.png")[::2] == (0, "")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_an_unreadable_metrics_csv_is_one_error_line(tmp_path):
     csv = write_log(tmp_path / "run", HEADER + GOOD)
     csv.chmod(0)
-    status, _, err = plot(tmp_path / "run", "--out", tmp_path / "fig.png")
-    assert_refused(status, err, str(csv), "cannot read it")
+    done = as_a_user([BIN / "mm-plot", tmp_path / "run", "--out", tmp_path / "fig.png"])
+    assert_refused(done.returncode, done.stderr, str(csv), "cannot read it")
 
 
 # ----------------------------------------------------------------- --out
@@ -254,13 +253,12 @@ def test_an_out_that_cannot_be_the_png_is_one_error_line_before_any_work(tmp_pat
     assert stdout == "" and leftovers(tmp_path) == [] and (tmp_path / "log.csv").read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any folder whatever its mode")
 def test_an_out_in_a_read_only_folder_is_one_error_line_and_leaves_nothing(tmp_path):
     write_log(tmp_path / "run", HEADER + GOOD)
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro").chmod(0o555)
-    status, _, err = plot(tmp_path / "run", "--out", tmp_path / "ro" / "fig.png")
-    assert_refused(status, err, "--out", "cannot write the file")
+    done = as_a_user([BIN / "mm-plot", tmp_path / "run", "--out", tmp_path / "ro" / "fig.png"])
+    assert_refused(done.returncode, done.stderr, "--out", "cannot write the file")
     assert os.listdir(tmp_path / "ro") == []
 
 
