@@ -37,7 +37,13 @@ def one_line(error: BaseException | str) -> str:
         # torch's DataLoader re-raises a worker's error with the worker's traceback as its message: its
         # last line is `Type: the message`
         lines = [lines[-1].split(": ", 1)[-1]]
-    return "; ".join(lines) or type(error).__name__
+    return printable("; ".join(lines) or type(error).__name__)
+
+
+def printable(text: str) -> str:
+    """`text` with what no stream can encode escaped: a path's undecodable bytes come through argv and os
+    functions as lone surrogates, which a strict UTF-8 stream refuses (`\\udcff` is shown instead)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def run_cli(prog: str, body: Callable[[], int | None], *, bad_input: tuple[type[BaseException], ...] = ()) -> int:
@@ -72,7 +78,7 @@ class OneLineParser(argparse.ArgumentParser):
     (`--help` shows the usage). Subcommand parsers made from it inherit this."""
 
     def error(self, message: str):
-        self.exit(BAD_INPUT_STATUS, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(BAD_INPUT_STATUS, printable(f"{self.prog}: error: {message} (see {self.prog} --help)\n"))
 
 
 def checked_number(kind: Callable[[str], Any], check: Callable[[Any], bool], requirement: str):

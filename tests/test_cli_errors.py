@@ -57,3 +57,39 @@ def test_a_closed_pipe_ends_quietly():
     writer.stdout.close()  # what `| head -1` does
     assert writer.wait(timeout=60) == 141
     assert writer.stderr.read() == b""
+
+
+ENTRY_POINTS = {  # every console script of pyproject.toml: its main, and a valid start of a command line
+    "mm-prep": ("data_prep.cli", ["llava"]),
+    "mm-train": ("mm.train.cli", ["fit"]),
+    "mm-eval": ("eval.cli", ["run"]),
+    "mm-export": ("mm.export", ["hf-llava", "a", "b"]),
+    "mm-chat": ("mm.chat_app.cli", ["ckpt"]),
+    "mm-plot": ("mm.plot", ["run", "--out", "x.png"]),
+}
+
+
+def test_every_console_script_is_covered():
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == set(ENTRY_POINTS)
+    assert {name: value.split(":")[0] for name, value in scripts.items()} == {
+        name: module for name, (module, _) in ENTRY_POINTS.items()}
+
+
+@pytest.mark.parametrize("prog", ENTRY_POINTS)
+@pytest.mark.parametrize("bad", [["--no-such-option"], ["--no-such-option=\udcff"], ["no-such-command"]])
+def test_an_unknown_option_or_command_is_one_line_with_status_2(prog, bad, capsys):
+    import importlib
+
+    from cli_checks import assert_refused
+
+    module, start = ENTRY_POINTS[prog]
+    argv = bad if bad == ["no-such-command"] else [*start, *bad]
+    try:
+        status = importlib.import_module(module).main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    assert_refused(status, capsys.readouterr().err, prog)
