@@ -30,7 +30,8 @@ from mm.cli_errors import BadInput, one_line, run_cli
 from mm.data.module import ShardDataModule
 from mm.data.shards import ShardSourceError
 from mm.export_target import ExportTargetError
-from mm.train.dpo_module import for_stage
+from mm.train.contrastive import contrastive_data_problem
+from mm.train.contrastive_module import for_stage
 from mm.train.module import CheckpointMismatch, VLMTrainingModule
 from mm.train.policy import TrainingPolicy
 from mm.train.progress import ProgressLines
@@ -62,6 +63,7 @@ class MMTrainCLI(LightningCLI):
         config = self.config[subcommand]
         check_settings(config, fit=subcommand == "fit")
         check_policy(config)
+        check_contrastive_data(config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is not None and ckpt_path not in NAMED_CHECKPOINTS and not str(ckpt_path).startswith("registry"):
             check_checkpoint(Path(ckpt_path), "--ckpt_path")
@@ -92,7 +94,8 @@ class MMTrainCLI(LightningCLI):
             raise BadInput(f"invalid setting: {one_line(error)}") from error
 
     def after_instantiate_classes(self) -> None:
-        # The preference stages (model.policy.stage dpo, dpo_lora) train with DPOTrainingModule: same options.
+        # The preference stages (model.policy.stage dpo, dpo_lora) train with DPOTrainingModule, stage contrastive
+        # with ContrastiveTrainingModule: same options.
         if getattr(self, "model", None) is None:  # nothing was instantiated (a parse-only subclass)
             return
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -152,6 +155,17 @@ def check_policy(config) -> None:
         TrainingPolicy(**policy.as_dict())
     except (ValueError, TypeError) as error:
         raise BadInput(f"--model.policy: {one_line(error)}") from None
+
+
+def check_contrastive_data(config) -> None:
+    """Stage `contrastive`: data settings it cannot train with (a batch of one pair has no negatives)."""
+    try:
+        stage, batch_size, packing = config["model.policy.stage"], config["data.batch_size"], config["data.packing"]
+    except KeyError:
+        return
+    problem = contrastive_data_problem(batch_size=batch_size, packing=packing) if stage == "contrastive" else None
+    if problem:
+        raise BadInput(problem)
 
 
 def pair_csv_and_tensorboard(trainer) -> None:

@@ -12,11 +12,14 @@ STAGES = {
     "lora": (False, True, False),
     "dpo": (False, True, True),
     "dpo_lora": (False, True, False),
+    "contrastive": (True, False, False),  # the tower with a small text encoder (mm.train.contrastive), no LLM
 }
 LORA_STAGES = ("lora", "dpo_lora")
 PREFERENCE_STAGES = ("dpo", "dpo_lora")  # trained on preference pairs against a reference (mm.train.dpo)
 DPO_LOSSES = ("sigmoid", "ipo")
 DPO_REFERENCES = ("model", "precomputed")
+CONTRASTIVE_STAGE = "contrastive"  # image-caption pairs, open_clip's losses (mm.train.contrastive_module)
+CONTRASTIVE_LOSSES = ("clip", "siglip")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -25,7 +28,7 @@ class TrainingPolicy:
     """Training stage and optimisation settings."""
 
     stage: str = "finetune"
-    """What trains: `align` (projector), `finetune` (projector + LLM), `full` (+ vision tower), `lora` (projector + LoRA on the LLM); `dpo` (projector + LLM) and `dpo_lora` (projector + LoRA) on preference pairs."""
+    """What trains: `align` (projector), `finetune` (projector + LLM), `full` (+ vision tower), `lora` (projector + LoRA on the LLM); `dpo` (projector + LLM) and `dpo_lora` (projector + LoRA) on preference pairs; `contrastive` (vision tower + a small text encoder) on image-caption pairs."""
     lr: float = 2e-5
     """Peak learning rate of the LLM (and its LoRA adapters)."""
     projector_lr: float | None = None
@@ -73,6 +76,23 @@ class TrainingPolicy:
     dpo_disable_dropout: bool = True
     """Turn dropout off in the trained model, so policy and reference log-probs are deterministic and comparable."""
 
+    contrastive_loss: str = "clip"
+    """Contrastive loss (stage `contrastive`): `clip` (open_clip's ClipLoss, softmax) or `siglip` (SigLipLoss, sigmoid)."""
+    contrastive_embed_dim: int = 64
+    """Width of the shared image-text embedding (stage `contrastive`)."""
+    contrastive_text_width: int = 64
+    """Width of the text encoder's token embeddings and blocks (stage `contrastive`)."""
+    contrastive_text_layers: int = 2
+    """Transformer blocks of the text encoder; 0 = mean-pooled token embeddings (stage `contrastive`)."""
+    contrastive_text_heads: int = 4
+    """Attention heads of the text encoder's blocks; must divide its width (stage `contrastive`)."""
+    contrastive_text_max_length: int = 32
+    """Caption tokens the text encoder reads; longer captions are cut (stage `contrastive`)."""
+    contrastive_local_loss: bool = False
+    """open_clip's local_loss: each rank's loss over its own rows against the gathered batch (loss `clip`)."""
+    contrastive_gather_with_grad: bool = False
+    """open_clip's gather_with_grad: the gathered features carry gradients to the rank that made them (loss `clip`)."""
+
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; valid stages: {sorted(STAGES)}")
@@ -88,6 +108,16 @@ class TrainingPolicy:
             raise ValueError(f"dpo_label_smoothing must be in [0, 0.5), got {self.dpo_label_smoothing}")
         if self.dpo_label_smoothing and self.dpo_loss != "sigmoid":
             raise ValueError("dpo_label_smoothing (cDPO) applies to dpo_loss 'sigmoid' only")
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"unknown contrastive_loss {self.contrastive_loss!r}; valid: {list(CONTRASTIVE_LOSSES)}")
+        for name in ("embed_dim", "text_width", "text_heads", "text_max_length"):
+            if getattr(self, f"contrastive_{name}") < 1:
+                raise ValueError(f"contrastive_{name} must be >= 1, got {getattr(self, f'contrastive_{name}')}")
+        if self.contrastive_text_layers < 0:
+            raise ValueError(f"contrastive_text_layers must be >= 0, got {self.contrastive_text_layers}")
+        if self.contrastive_text_width % self.contrastive_text_heads:
+            raise ValueError(f"contrastive_text_heads ({self.contrastive_text_heads}) must divide contrastive_text_width "
+                             f"({self.contrastive_text_width})")
         if self.dpo_sft_weight < 0:
             raise ValueError(f"dpo_sft_weight must be >= 0, got {self.dpo_sft_weight}")
 

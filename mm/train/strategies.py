@@ -28,7 +28,7 @@ from lightning.pytorch.strategies import (
     StrategyRegistry,
 )
 
-from mm.train.policy import LORA_STAGES, PREFERENCE_STAGES
+from mm.train.policy import CONTRASTIVE_STAGE, LORA_STAGES, PREFERENCE_STAGES
 
 SUPPORTED = (SingleDeviceStrategy, DDPStrategy, FSDPStrategy)  # DeepSpeedStrategy is a DDPStrategy
 
@@ -67,6 +67,8 @@ def check_strategy(strategy: Any, policy) -> None:
     name = cls.__name__
     if not issubclass(cls, SUPPORTED):
         raise UnsupportedStrategy(f"mm-train does not support {name}: use strategy ddp, fsdp or deepspeed_stage_2")
+    if policy.stage == CONTRASTIVE_STAGE and issubclass(cls, (FSDPStrategy, DeepSpeedStrategy)):
+        raise UnsupportedStrategy(f"stage 'contrastive' trains on one device or with ddp, not {name}: use strategy ddp")
     if issubclass(cls, FSDPStrategy):
         if policy.stage in PREFERENCE_STAGES:
             raise UnsupportedStrategy(
