@@ -159,7 +159,7 @@ class ContrastivePair(nn.Module):
 
 
 # ----------------------------------------------------------------------------- data: image-caption pairs
-CAPTION_RECORD = "an image-caption record (one image; a human turn, then one gpt turn holding the caption)"
+CAPTION_RECORDS = "image-caption records (one image; a human turn, then one gpt turn holding the caption)"
 
 
 def contrastive_data_problem(*, batch_size: int, packing: bool = False) -> str | None:
@@ -188,7 +188,7 @@ class CaptionDecoder:
         if roles and roles[0] == "system":
             roles = roles[1:]
         if roles != ["human", "gpt"] or len(meta.get("images") or []) != 1:
-            raise SkipSample(SkipReason.BAD_CONVERSATION, f"{key}: not {CAPTION_RECORD}")
+            raise SkipSample(SkipReason.BAD_CONVERSATION, f"{key}: not one of the {CAPTION_RECORDS}")
         sample = self.decoder(record)
         caption = [token for token, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
         if not caption:
@@ -219,8 +219,12 @@ class CaptionStreamDataset(ShardStreamDataset):
     def _quota_batches(self, groups, skipped, replay, consumer, worker):
         try:
             yield from super()._quota_batches(groups, skipped, replay, consumer, worker)
-        except NoCaptions:
-            raise
         except NoUsableSample as error:
-            raise NoCaptions(f"{error}; the contrastive stage trains on {CAPTION_RECORD}s, such as the `align/` "
-                             "shards of mm-prep synth or stage-1 caption shards") from None
+            if set(skipped) != {SkipReason.BAD_CONVERSATION.value}:
+                raise
+            raise NoCaptions(
+                f"no image-caption record in the shards of consumer {consumer} (rank {self.rank}; "
+                f"{skipped[SkipReason.BAD_CONVERSATION.value]} other records skipped): the contrastive stage trains on "
+                f"{CAPTION_RECORDS}, such as mm-prep synth's align/ shards; check --data.train_shards and "
+                "--data.val_shards"
+            ) from error
