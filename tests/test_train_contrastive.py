@@ -96,8 +96,8 @@ def mm_train(root: Path, data: Path, *, steps: int, every: int = 100, devices: i
     config = write_config(root, data, steps=steps, every=every, devices=devices, batch_size=batch_size,
                           kill_at=kill_at, policy=policy)
     command = [str(MM_TRAIN), "fit", "--config", str(config)]
-    if devices > 1:  # the tower's post-layernorm is not on the path of the features
-        command += ["--trainer.strategy", "ddp_find_unused_parameters_true"]
+    if devices > 1:  # plain ddp: the parameters off the features' path (the tower's final norm) are frozen
+        command += ["--trainer.strategy", "ddp"]
     if resume:
         command += ["--ckpt_path", "last"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
@@ -212,13 +212,17 @@ def test_siglip_logged_loss_is_open_clips(tmp_path):
     data = tmp_path / "data"
     write_caption_shards(data, captions(4), per_shard=4)
     policy = {"contrastive_loss": "siglip"}
-    in_process(["fit", "--config", str(write_config(tmp_path / "run", data, steps=1, policy=policy))])
+    in_process(["fit", "--config", str(write_config(tmp_path / "run", data, steps=1, policy=policy)),
+                "--data.val_shards", json.dumps([{"urls": str(data)}])])
     (rows,) = logged(tmp_path / "run")
     module = reference_model(policy)
     assert float(module.vlm.logit_bias.detach()) == -10.0
     with torch.no_grad():
         image, text = module.embed(batch_of(module, data, step_keys(tmp_path / "run", 0)[0]))
     assert per_step(rows, "train/loss")[0] == pytest.approx(open_clip_loss(module, image, text, "siglip"), abs=1e-5)
+    # validation after the step: the same loss and accuracies, logged under val/
+    (val,) = [row for row in rows if row.get("val/loss")]
+    assert 0 < float(val["val/loss"]) and all(0 <= float(val[f"val/{name}"]) <= 1 for name in ("i2t_acc", "t2i_acc"))
 
 
 def test_sigkill_then_ckpt_path_last_continues_the_same_curve(straight):

@@ -107,6 +107,10 @@ class ContrastiveTrainingModule(VLMTrainingModule):
             )
         self.vlm.requires_grad_(True)
         self.vlm.train()  # from_pretrained leaves towers in eval mode
+        unused = freeze_off_path(self.vlm)
+        if unused:
+            log.info("stage contrastive: %d tower tensors are not on the path of its features (blocks above "
+                     "select_layer, a final norm or head) and stay as they are", len(unused))
         if policy.gradient_checkpointing:
             tower.gradient_checkpointing_enable()
         self._no_decay = no_decay_names(self.vlm)
@@ -224,6 +228,25 @@ class ContrastiveTrainingModule(VLMTrainingModule):
         directory = self._export_path()
         export_tower(self.vlm.vision_tower, directory, source=self._export_source(), overwrite=self.overwrite_export)
         log.info("exported the trained vision tower to %s", directory)
+
+
+def freeze_off_path(pair: ContrastivePair) -> list[str]:
+    """Freeze the parameters no gradient reaches (the tower's blocks above `select_layer`, its final norm or
+    pooling head), found by one backward pass on blank input; returns their names. DDP then needs no search
+    for unused parameters, and the optimizer holds only what trains."""
+    tower = pair.vision_tower
+    with torch.random.fork_rng(devices=[]):
+        pixels = torch.zeros(2, 3, tower.image_size, tower.image_size, device=pair.logit_scale.device)
+        ids = torch.zeros(2, 1, dtype=torch.long, device=pixels.device)
+        total = pair.encode_image(pixels).sum() + pair.encode_text(ids, torch.ones_like(ids)).sum()
+        total.backward()
+    unused = [name for name, param in pair.named_parameters()
+              if param.grad is None and name.startswith("vision_tower.")]
+    for name, param in pair.named_parameters():
+        if name in unused:
+            param.requires_grad_(False)
+        param.grad = None
+    return unused
 
 
 def export_tower(tower, directory: str | Path, *, source: str, overwrite: bool = False) -> None:
