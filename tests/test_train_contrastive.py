@@ -17,6 +17,7 @@ from pathlib import Path
 
 import open_clip.loss
 import pytest
+import safetensors.torch
 import torch
 
 from cli_checks import assert_refused
@@ -264,14 +265,15 @@ def test_two_gloo_ranks_see_every_sample_once_and_log_the_gathered_batchs_loss(t
 
 
 def test_exported_tower_loads_in_the_next_stage_and_in_load_pretrained(straight):
-    import safetensors.torch
-
     import mm
 
     base, data, keys = straight
     tower = base / "straight" / "export"
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in tower.iterdir()}
     assert not list(tower.glob("*.bin"))
+    initial = reference_model().vlm.vision_tower.model.state_dict()
+    exported = safetensors.torch.load_file(tower / "model.safetensors")
+    assert not torch.equal(exported["embeddings.patch_embedding.weight"], initial["embeddings.patch_embedding.weight"])
     next_root = base / "next"
     next_root.mkdir()
     config = next_root / "stage1.yaml"
@@ -291,6 +293,33 @@ def test_exported_tower_loads_in_the_next_stage_and_in_load_pretrained(straight)
     loaded = vlm.vision_tower.model.state_dict()
     assert loaded.keys() == trained.keys()
     for name, value in trained.items():  # the align stage froze the tower: the contrastive tower's weights
+        torch.testing.assert_close(loaded[name], value, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["hf_siglip", "open_clip"])
+def test_other_tower_kinds_export_a_folder_their_kind_loads(tmp_path, kind):
+    from mm.config import VisionTowerConfig
+    from mm.vision import build_vision_tower
+
+    data = tmp_path / "data"
+    write_caption_shards(data, captions(4), per_shard=4)
+    root = tmp_path / "run"
+    config = write_config(root, data, steps=1)
+    vision = {"kind": kind, "name_or_path": str(ASSETS / "configs" / f"{kind}.json"), "select_layer": -1}
+    in_process(["fit", "--config", str(config), "--model.model.vision", json.dumps(vision)])
+    export = root / "export"
+    if kind == "open_clip":
+        settings = VisionTowerConfig(kind=kind, name_or_path=str(export / "open_clip_config.json"),
+                                     pretrained=str(export / "open_clip_model.safetensors"), select_layer=-1)
+        weights = "open_clip_model.safetensors"
+    else:
+        settings = VisionTowerConfig(kind=kind, name_or_path=str(export), select_layer=-1)
+        weights = "model.safetensors"
+    tower = build_vision_tower(settings)
+    saved = safetensors.torch.load_file(export / weights)
+    loaded = (tower.visual if kind == "open_clip" else tower.model).state_dict()
+    assert loaded.keys() == saved.keys()
+    for name, value in saved.items():
         torch.testing.assert_close(loaded[name], value, msg=name)
 
 
