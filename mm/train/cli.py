@@ -4,6 +4,7 @@
     mm-train fit --config ... --ckpt_path last          # resume mid-epoch exactly (error if none)
     mm-train fit --print_config                         # every option with its help text
     mm-train fit --config configs/demo/dpo.yaml         # model.policy.stage dpo: preference pairs (DPOTrainingModule)
+    mm-train fit --config configs/demo/tower_contrastive.yaml   # stage contrastive: a vision tower (ContrastiveTrainingModule)
 
 The resolved config is written next to the logs/checkpoints (`config.yaml`). Every run logs both CSV
 (`metrics.csv`, read by `mm-plot`) and TensorBoard: a lone CSVLogger or TensorBoardLogger gets the other
@@ -33,7 +34,7 @@ from mm.export_target import ExportTargetError
 from mm.train.contrastive import contrastive_data_problem
 from mm.train.contrastive_module import for_stage
 from mm.train.module import CheckpointMismatch, VLMTrainingModule
-from mm.train.policy import TrainingPolicy
+from mm.train.policy import CONTRASTIVE_STAGE, TrainingPolicy
 from mm.train.progress import ProgressLines
 from mm.train.strategies import UnsupportedStrategy, check_strategy
 from mm.weights import lightning_checkpoint_problem
@@ -163,7 +164,7 @@ def check_contrastive_data(config) -> None:
         stage, batch_size, packing = config["model.policy.stage"], config["data.batch_size"], config["data.packing"]
     except KeyError:
         return
-    problem = contrastive_data_problem(batch_size=batch_size, packing=packing) if stage == "contrastive" else None
+    problem = contrastive_data_problem(batch_size=batch_size, packing=packing) if stage == CONTRASTIVE_STAGE else None
     if problem:
         raise BadInput(problem)
 
