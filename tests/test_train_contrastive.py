@@ -345,6 +345,15 @@ def test_bad_settings_are_one_line(tmp_path, capsys, extra, named):
     assert not (tmp_path / "run" / "logs").exists()
 
 
+def test_validation_shards_without_a_full_batch_are_one_line(tmp_path, capsys):
+    write_caption_shards(tmp_path / "data", captions(4), per_shard=4)
+    write_caption_shards(tmp_path / "val", captions(3), per_shard=3)
+    config = write_config(tmp_path / "run", tmp_path / "data", steps=1)
+    line = refused(["fit", "--config", str(config), "--data.val_shards", json.dumps([{"urls": str(tmp_path / "val")}])],
+                   capsys)
+    assert "--data.batch_size 4" in line and "full batches" in line and "3 samples" in line
+
+
 def test_shards_without_captions_are_one_line(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

@@ -25,6 +25,7 @@ from torch import nn
 from mm.chat import IGNORE_INDEX
 from mm.data.dataset import NoUsableSample, ShardStreamDataset
 from mm.data.samples import Sample, SampleDecoder, SkipSample
+from mm.data.shards import ShardSourceError
 from mm.data.skips import SkipReason
 from mm.image_tokens import ImageTokens
 from mm.transforms import ImageTransform
@@ -200,6 +201,10 @@ class NoCaptions(NoUsableSample):
     """No image-caption record in a consumer's shards (the contrastive stage was given other shards)."""
 
 
+class TooFewPairs(ShardSourceError):
+    """Shards too small for one full batch of pairs per rank and worker."""
+
+
 class CaptionStreamDataset(ShardStreamDataset):
     """`ShardStreamDataset` over caption records (sharding, shuffling, quotas, resume as any stream); a batch
     holds `batch_size` (image, caption) pairs: `pixel_values` and the captions' `input_ids`, `attention_mask`.
@@ -214,7 +219,17 @@ class CaptionStreamDataset(ShardStreamDataset):
             raise ValueError(problem)
         if isinstance(decoder, SampleDecoder):
             decoder = CaptionDecoder(decoder)
-        super().__init__(sources, decoder, pad_id, dataclasses.replace(settings, drop_uneven_tail=True), **kwargs)
+        try:
+            super().__init__(sources, decoder, pad_id, dataclasses.replace(settings, drop_uneven_tail=True), **kwargs)
+        except ValueError as error:
+            if "no full batch" not in str(error):
+                raise
+            names = ", ".join(f"{source.name}: {source.num_samples} samples" for source in sources)
+            raise TooFewPairs(
+                f"--data.batch_size {settings.batch_size}: the contrastive stage trains on full batches on every rank "
+                f"and worker, and the shards ({names}) do not fill one per worker; lower --data.batch_size or "
+                "--data.num_workers, or give more pairs"
+            ) from None
 
     def _quota_batches(self, groups, skipped, replay, consumer, worker):
         try:
