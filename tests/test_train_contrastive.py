@@ -19,7 +19,6 @@ import open_clip.loss
 import pytest
 import safetensors.torch
 import torch
-
 from cli_checks import assert_refused
 from train_helpers import ASSET_TOKENIZER, png_bytes, write_caption_shards, write_tar
 
@@ -194,7 +193,7 @@ def straight(tmp_path_factory):
 
 
 def test_logged_loss_is_open_clips_and_accuracy_is_the_hand_computed_one(straight):
-    base, data, keys = straight
+    base, data, _ = straight
     (rows,) = logged(base / "straight")
     first = step_keys(base / "straight", 0)[0]
     module = reference_model()
@@ -227,7 +226,7 @@ def test_siglip_logged_loss_is_open_clips(tmp_path):
 
 
 def test_sigkill_then_ckpt_path_last_continues_the_same_curve(straight):
-    base, data, keys = straight
+    base, data, _ = straight
     # killed before step 5 (epoch 1); the newest checkpoint is step 4's, mid-epoch 1; the resumed run crosses
     # into epoch 2
     resumed = base / "resumed"
@@ -267,7 +266,7 @@ def test_two_gloo_ranks_see_every_sample_once_and_log_the_gathered_batchs_loss(t
 def test_exported_tower_loads_in_the_next_stage_and_in_load_pretrained(straight):
     import mm
 
-    base, data, keys = straight
+    base, data, _ = straight
     tower = base / "straight" / "export"
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in tower.iterdir()}
     assert not list(tower.glob("*.bin"))

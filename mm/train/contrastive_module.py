@@ -38,8 +38,14 @@ from mm.config import VLMConfig
 from mm.export_target import export_directory
 from mm.llm import _add_special_token, load_tokenizer, tokenizer_source
 from mm.train.contrastive import (
-    LOGIT_SCALE_MAX, CaptionStreamDataset, ContrastivePair, contrastive_data_problem, gathered, loss_value,
-    make_loss, retrieval_hits,
+    LOGIT_SCALE_MAX,
+    CaptionStreamDataset,
+    ContrastivePair,
+    contrastive_data_problem,
+    gathered,
+    loss_value,
+    make_loss,
+    retrieval_hits,
 )
 from mm.train.dpo_module import for_stage as preference_for_stage
 from mm.train.module import VLMTrainingModule, _check_position, _set_rng_state
@@ -81,7 +87,7 @@ class ContrastiveTrainingModule(VLMTrainingModule):
         self._val_stats = torch.zeros(5)
 
     @classmethod
-    def from_module(cls, module: VLMTrainingModule) -> "ContrastiveTrainingModule":
+    def from_module(cls, module: VLMTrainingModule) -> ContrastiveTrainingModule:
         """This class with `module`'s init arguments (`mm-train` builds a `VLMTrainingModule` from the config)."""
         names = [name for name in inspect.signature(VLMTrainingModule.__init__).parameters if name != "self"]
         return cls(**{name: getattr(module, "model_config" if name == "model" else name) for name in names})
