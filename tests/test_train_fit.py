@@ -65,12 +65,13 @@ def killer(at_batch: int):
     return Kill()
 
 
-def test_resume_mid_epoch_continues_the_same_loss_curve(tmp_path):
+@pytest.mark.parametrize("every, kill_at", [(3, 5), (4, 6)])  # a checkpoint mid-epoch, and one on its last batch
+def test_resume_mid_epoch_continues_the_same_loss_curve(tmp_path, every, kill_at):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     write_shards(tmp_path / "data", [2, 2, 1])  # 5 samples: workers of 2 and 3, batch 2: 4 batches, 1 masked
     data = dict(num_workers=2, group_batches=2)
-    steps = 7  # into the second epoch
+    steps = 9  # into the third epoch
 
     straight = recorded_batches_callback()
     cpu_trainer(tmp_path / "a", max_steps=steps, callbacks=[straight]).fit(
@@ -79,26 +80,26 @@ def test_resume_mid_epoch_continues_the_same_loss_curve(tmp_path):
     checkpoints = tmp_path / "b" / "ckpt"
 
     def run(callbacks, ckpt_path=None):
-        saver = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=3, save_top_k=-1)
+        saver = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=every, save_top_k=-1)
         trainer = cpu_trainer(tmp_path / "b", max_steps=steps, callbacks=[*callbacks, saver],
                               enable_checkpointing=True)
         trainer.fit(tiny_module(), datamodule=tiny_data(tmp_path / "data", **data), ckpt_path=ckpt_path)
 
     first = recorded_batches_callback()
     with pytest.raises(Killed):
-        run([first, killer(at_batch=5)])  # last checkpoint mid-epoch 0 at step 3; killed before step 6
-    assert len(first.losses) == 5
+        run([first, killer(at_batch=kill_at)])  # killed before the checkpoint after `every`
+    assert len(first.losses) == kill_at
     assert [b["is_padding"] for b in straight.batches[:4]] == [False, False, True, False]  # worker 0 pads
     saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3}]
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": every}]
     assert saved["state_dict"] and all(k.startswith(("vlm.projector.", "vlm.llm.")) for k in saved["state_dict"])
     resumed = recorded_batches_callback()
     run([resumed], ckpt_path="last")
-    assert len(resumed.losses) == steps - 3
-    torch.testing.assert_close(torch.tensor(first.losses), torch.tensor(straight.losses[:5]))
-    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(straight.losses[3:]), rtol=1e-4,
+    assert [b["keys"] for b in resumed.batches] == [b["keys"] for b in straight.batches[every:]]
+    assert len(resumed.losses) == steps - every
+    torch.testing.assert_close(torch.tensor(first.losses), torch.tensor(straight.losses[:kill_at]))
+    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(straight.losses[every:]), rtol=1e-4,
                                atol=1e-5)
-    assert [b["keys"] for b in resumed.batches] == [b["keys"] for b in straight.batches[3:]]
 
 
 def test_cli_overfit_loss_falls_and_export_loads(tmp_path):

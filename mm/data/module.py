@@ -79,6 +79,10 @@ class StreamLoader:
         epoch, _ = self.position()
         state, self.resume_state = self.resume_state, None
         skip = state["batches"] if state is not None and state["epoch"] == epoch else 0
+        if skip >= len(self):
+            # A checkpoint on an epoch's last batch: Lightning counts that epoch as done, but only after this
+            # iterator is made (in its loop's reset), and would run its next epoch on this empty one
+            epoch, skip = epoch + 1, 0
         if skip % self.accumulate:
             log.warning("resuming inside an accumulation window: its first batches' tokens are not counted")
         self.stream.epoch, self.stream.skip_batches = epoch, skip
