@@ -48,7 +48,7 @@ from mm.train.contrastive import (
     retrieval_hits,
 )
 from mm.train.dpo_module import for_stage as preference_for_stage
-from mm.train.module import VLMTrainingModule, _check_position, _set_rng_state
+from mm.train.module import VLMTrainingModule
 from mm.train.optim import no_decay_names, warmup_cosine
 from mm.train.policy import CONTRASTIVE_STAGE, TrainingPolicy
 from mm.vision import build_vision_tower
@@ -168,13 +168,8 @@ class ContrastiveTrainingModule(VLMTrainingModule):
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _check_position(batch, batch_idx, self.current_epoch)
-        if self._pending_rng is not None:
-            _set_rng_state(self._pending_rng)
-            self._pending_rng = None
+        self.begin_training_step(batch, batch_idx)
         window_samples = self._reduce_sum(torch.tensor(float(batch["window_samples"]), device=self.device))
-        self._count(batch)
-        self._log_throughput(batch)
         self._window_has_targets = bool(window_samples > 0)  # the same on every rank
         loss, stats = self.pair_terms(batch)
         self._window_stats = self._window_stats.to(self.device) + stats

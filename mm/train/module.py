@@ -123,14 +123,19 @@ class VLMTrainingModule(L.LightningModule):
         return self.trainer.strategy.reduce(tensor, reduce_op="sum") if self.trainer.world_size > 1 else tensor
 
     # ----------------------------------------------------------------- training
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def begin_training_step(self, batch: dict, batch_idx: int) -> None:
+        """What every stage's training step does first: check the batch is the one the position says, restore a
+        resumed run's RNG state, count the batch's samples and skips, log throughput."""
         _check_position(batch, batch_idx, self.current_epoch)
         if self._pending_rng is not None:
             _set_rng_state(self._pending_rng)
             self._pending_rng = None
-        window_tokens = self._reduce_sum(torch.tensor(float(batch["window_target_tokens"]), device=self.device))
         self._count(batch)
         self._log_throughput(batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.begin_training_step(batch, batch_idx)
+        window_tokens = self._reduce_sum(torch.tensor(float(batch["window_target_tokens"]), device=self.device))
         self._window_has_targets = bool(window_tokens > 0)  # the same on every rank: window_tokens is global
         return self._training_loss(batch, window_tokens)
 
