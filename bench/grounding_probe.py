@@ -125,14 +125,18 @@ def generate_answers(generator: Generator, data: EvalData, pictures: list, batch
     return answers
 
 
-def answer_summary(questions: list[Question], answers: dict[str, list[str]]) -> dict:
-    """Accuracy, `yes` fraction and agreement with the real-image answer, per question type and overall."""
+def type_groups(questions: list[Question]) -> dict[str, list[int]]:
+    """Question indices per question type (sorted by name), then "overall"."""
     groups = defaultdict(list)
     for i, question in enumerate(questions):
         groups[question.truth.question_type].append(i)
-        groups["overall"].append(i)
+    return {**dict(sorted(groups.items())), "overall": list(range(len(questions)))}
+
+
+def answer_summary(questions: list[Question], answers: dict[str, list[str]]) -> dict:
+    """Accuracy, `yes` fraction and agreement with the real-image answer, per question type and overall."""
     return {qtype: type_summary([questions[i] for i in rows], {c: [a[i] for i in rows] for c, a in answers.items()})
-            for qtype, rows in sorted(groups.items(), key=lambda kv: (kv[0] == "overall", kv[0]))}
+            for qtype, rows in type_groups(questions).items()}
 
 
 def type_summary(questions: list[Question], answers: dict[str, list[str]]) -> dict:
@@ -311,14 +315,11 @@ def answer_probes(data: EvalData, passes: dict[str, dict], train_scene: torch.Te
 
 
 def attention_summary(questions: list[Question], run: dict) -> dict:
-    groups = defaultdict(list)
-    for i, question in enumerate(questions):
-        groups[question.truth.question_type].append(i)
-    groups["overall"] = list(range(len(questions)))
+    """Mean attention mass on the image tokens per layer, and the same divided by their uniform share."""
     ratio = run["mass"] / run["uniform"][:, None]
     return {qtype: {"n": len(rows), "mass": run["mass"][rows].mean(0).tolist(),
                     "ratio_to_uniform": ratio[rows].mean(0).tolist()}
-            for qtype, rows in sorted(groups.items(), key=lambda kv: (kv[0] == "overall", kv[0]))}
+            for qtype, rows in type_groups(questions).items()}
 
 
 # ----------------------------------------------------------------------------- tables
