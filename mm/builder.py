@@ -32,7 +32,7 @@ def build_vlm(
                                    image_token=config.image_token)
     add_image_token(tokenizer, llm, config.image_token)
     llm_hidden = llm.config.get_text_config().hidden_size
-    projector = build_projector(config.projector, vision_tower.hidden_size, llm_hidden)
+    projector = build_projector(config.projector, vision_tower.hidden_size, llm_hidden, vision_tower.num_tokens)
     if config.image_transform == "anyres":
         # LLaVA-NeXT's learned row-end embedding; on the projector, so it trains, freezes and is saved with it
         projector.image_newline = nn.Parameter(torch.randn(llm_hidden) / math.sqrt(llm_hidden))

@@ -44,6 +44,8 @@ class ProjectorConfig:
     """Projector: one of `linear`, `mlp2x_gelu`, `pixel_shuffle2x_mlp`."""
     bias: bool = True
     """Whether the projector's linear layers have a bias."""
+    grid_position: bool = False
+    """Add a learned row and a learned column embedding to each image token (the LLM's 1-D RoPE order alone cannot tell columns apart)."""
 
 
 @dataclass

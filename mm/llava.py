@@ -156,6 +156,8 @@ def check_exportable(model, model_type: str = "llava") -> None:
             f"the projector is {projector!r}; {name}'s projector is Linear -> GELU -> Linear (our 'mlp2x_gelu') "
             "and has no equivalent for others (no pixel shuffle, no pooling)"
         )
+    if model.config.projector.grid_position:
+        raise LlavaIncompatible(f"the projector adds learned row and column embeddings (grid_position); {name} has none")
     _check_tiling(model.config, model_type)
 
 

@@ -17,6 +17,30 @@ class Projector(nn.Module):
         return num_input_tokens
 
 
+class GridPosition(nn.Module):
+    """A learned row embedding plus a learned column embedding for each token of a square token grid.
+
+    Image tokens reach the LLM in reading order, and its rotary positions say how far apart two tokens are
+    in that order: top and bottom are far apart, but a token's column is its position modulo the row length,
+    which no monotone function of distance gives. Pix2Struct and Qwen-VL give visual tokens 2-D positions
+    for this; here each token gets `rows[r] + columns[c]` in the LLM's embedding space, factorised so every
+    row and every column vector trains on a whole line of tokens.
+    """
+
+    def __init__(self, side: int, hidden: int) -> None:
+        super().__init__()
+        self.side = side
+        self.rows = nn.Parameter(torch.randn(side, hidden) / math.sqrt(hidden))
+        self.columns = nn.Parameter(torch.randn(side, hidden) / math.sqrt(hidden))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, t, d = tokens.shape
+        if t != self.side**2:
+            raise ValueError(f"grid_position was built for {self.side}x{self.side} tokens; got {t} per view")
+        grid = self.rows[:, None, :] + self.columns[None, :, :]
+        return tokens + grid.reshape(1, t, d).to(tokens.dtype)
+
+
 class LinearProjector(Projector):
     def __init__(self, vision_hidden: int, llm_hidden: int, bias: bool = True) -> None:
         super().__init__()
@@ -88,7 +112,35 @@ PROJECTORS: dict[str, type[Projector]] = {
 }
 
 
-def build_projector(config: ProjectorConfig, vision_hidden: int, llm_hidden: int) -> Projector:
+class PositionedProjector(Projector):
+    """A projector whose output tokens get their place in the token grid added (`GridPosition`)."""
+
+    def __init__(self, projector: Projector, num_input_tokens: int, llm_hidden: int) -> None:
+        super().__init__()
+        self.inner = projector
+        output_tokens = projector.num_output_tokens(num_input_tokens)
+        side = math.isqrt(output_tokens)
+        if side * side != output_tokens:
+            raise ValueError(f"grid_position needs a square grid of image tokens; the projector gives {output_tokens} "
+                             "(drop the prefix tokens: vision.keep_prefix_tokens false)")
+        self.grid_position = GridPosition(side, llm_hidden)
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return self.inner.num_output_tokens(num_input_tokens)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.grid_position(self.inner(features))
+
+
+def build_projector(config: ProjectorConfig, vision_hidden: int, llm_hidden: int,
+                    num_input_tokens: int | None = None) -> Projector:
+    """The projector `config` names; with `grid_position`, wrapped to add each token's row and column
+    (`num_input_tokens`, the tower's tokens per view, sets the grid)."""
     if config.kind not in PROJECTORS:
         raise ValueError(f"unknown projector {config.kind!r}; valid names: {sorted(PROJECTORS)}")
-    return PROJECTORS[config.kind](vision_hidden, llm_hidden, bias=config.bias)
+    projector = PROJECTORS[config.kind](vision_hidden, llm_hidden, bias=config.bias)
+    if not config.grid_position:
+        return projector
+    if num_input_tokens is None:
+        raise ValueError("grid_position needs the tower's tokens per view to size its grid")
+    return PositionedProjector(projector, num_input_tokens, llm_hidden)

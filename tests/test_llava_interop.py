@@ -178,6 +178,18 @@ def test_export_refuses_what_llava_cannot_express(tmp_path, capsys, vision, proj
     assert not (tmp_path / "hf").exists()
 
 
+def test_export_refuses_learned_grid_positions(tmp_path, capsys):
+    import mm
+    from mm.tiny import tiny_vlm_config
+
+    config = tiny_vlm_config()
+    config.projector.grid_position = True
+    mm.build_vlm(config).save_pretrained(tmp_path / "ckpt")
+    assert export_main(["hf-llava", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 2
+    assert "learned row and column embeddings (grid_position); Llava has none" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.mark.parametrize(
     "vision, overrides, message",
     [

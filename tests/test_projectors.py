@@ -76,3 +76,43 @@ def test_unknown_projector_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown projector 'mlp3x'; valid names: \['linear', 'mlp2x_gelu', 'pixel_shuffle2x_mlp'\]"):
         build_projector(ProjectorConfig(kind="mlp3x"), 4, 4)
     assert sorted(PROJECTORS) == ["linear", "mlp2x_gelu", "pixel_shuffle2x_mlp"]
+
+
+def test_grid_position_adds_one_row_and_one_column_vector_to_each_token():
+    config = ProjectorConfig(kind="pixel_shuffle2x_mlp", grid_position=True)
+    projector = build_projector(config, vision_hidden=8, llm_hidden=6, num_input_tokens=64)  # 8x8 -> 4x4 tokens
+    features = torch.randn(2, 64, 8)
+    plain = projector.inner(features)
+    added = projector(features) - plain
+    rows, columns = projector.grid_position.rows, projector.grid_position.columns
+    assert rows.shape == columns.shape == (4, 6)
+    for token in range(16):
+        row, column = divmod(token, 4)  # tokens in reading order
+        torch.testing.assert_close(added[:, token], (rows[row] + columns[column]).expand(2, 6))
+    assert projector.num_output_tokens(64) == 16
+    assert sum(p.numel() for p in projector.parameters()) == sum(p.numel() for p in projector.inner.parameters()) + 48
+
+
+def test_grid_position_needs_a_square_token_grid_and_its_own_size():
+    config = ProjectorConfig(kind="mlp2x_gelu", grid_position=True)
+    with pytest.raises(ValueError, match="square grid of image tokens"):
+        build_projector(config, vision_hidden=4, llm_hidden=4, num_input_tokens=65)
+    with pytest.raises(ValueError, match="tokens per view"):
+        build_projector(config, vision_hidden=4, llm_hidden=4)
+    projector = build_projector(config, vision_hidden=4, llm_hidden=4, num_input_tokens=16)
+    with pytest.raises(ValueError, match="built for 4x4 tokens; got 9"):
+        projector(torch.randn(1, 9, 4))
+
+
+def test_grid_position_trains_saves_and_loads_with_the_model(tmp_path):
+    import mm
+
+    config = tiny_vlm_config(projector="pixel_shuffle2x_mlp")
+    config.projector.grid_position = True
+    model = mm.build_vlm(config)
+    assert model.projector.grid_position.rows.requires_grad
+    model.save_pretrained(tmp_path / "export")
+    loaded = mm.load_pretrained(tmp_path / "export")
+    torch.testing.assert_close(loaded.projector.grid_position.columns, model.projector.grid_position.columns)
+    pixels = torch.rand(1, 3, model.vision_tower.image_size, model.vision_tower.image_size)
+    torch.testing.assert_close(loaded.encode_images(pixels), model.encode_images(pixels))
