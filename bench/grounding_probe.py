@@ -213,13 +213,19 @@ def pixel_values(transform, pictures: list) -> torch.Tensor:
 
 @torch.no_grad()
 def image_grids(model, pictures: list, batch_size: int) -> dict[str, torch.Tensor]:
-    """Tower features (N, patches, D_vision) and projector outputs (N, tokens, D_llm) of every picture."""
-    transform, tower, projector = model.image_transform_config, [], []
+    """Tower features (N, patches, D_vision) and projector outputs (N, tokens, D_llm) of every picture; with
+    learned grid positions (`projector.grid_position`) also the projector's output before they are added, what
+    the image content alone tells of a token's place."""
+    transform, grids = model.image_transform_config, {"projector": [], "vision_tower": []}
+    content_only = getattr(model.projector, "inner", None)
     for start in range(0, len(pictures), batch_size):
         pixels = pixel_values(transform, pictures[start:start + batch_size])
-        tower.append(model.vision_tower(pixels).float())
-        projector.append(model.encode_images(pixels).float())
-    return {"projector": torch.cat(projector), "vision_tower": torch.cat(tower)}
+        features = model.vision_tower(pixels)
+        grids["vision_tower"].append(features.float())
+        grids["projector"].append(model.projector(features).float())
+        if content_only is not None:
+            grids.setdefault("projector_without_grid_position", []).append(content_only(features).float())
+    return {name: torch.cat(parts) for name, parts in grids.items()}
 
 
 def object_rows(scenes: list[dict], scale: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, list]]:

@@ -263,7 +263,10 @@ def test_two_gloo_ranks_see_every_sample_once_and_log_the_gathered_batchs_loss(t
     assert (per_step(rows, "train/i2t_acc")[0], per_step(rows, "train/t2i_acc")[0]) == pytest.approx((i2t, t2i))
 
 
-def test_exported_tower_loads_in_the_next_stage_and_in_load_pretrained(straight):
+@pytest.mark.parametrize("how", ["name_or_path", "init_from"])
+def test_exported_tower_loads_in_the_next_stage_and_in_load_pretrained(straight, how):
+    """The next stage takes the tower as its `vision.name_or_path`, or as `policy.init_from` (the demo's chain
+    of stage*.yaml recipes: each stage starts from the one before)."""
     import mm
 
     base, data, _ = straight
@@ -273,12 +276,14 @@ def test_exported_tower_loads_in_the_next_stage_and_in_load_pretrained(straight)
     initial = reference_model().vlm.vision_tower.model.state_dict()
     exported = safetensors.torch.load_file(tower / "model.safetensors")
     assert not torch.equal(exported["embeddings.patch_embedding.weight"], initial["embeddings.patch_embedding.weight"])
-    next_root = base / "next"
+    next_root = base / f"next_{how}"
     next_root.mkdir()
     config = next_root / "stage1.yaml"
     config.write_text((REPO / "configs" / "demo" / "stage1_captions.yaml").read_text())
+    start = ["--model.model.vision.name_or_path", str(tower)] if how == "name_or_path" else [
+        "--model.model.vision.name_or_path", str(ASSETS / "configs" / "hf_clip.json"), "--model.policy.init_from", str(tower)]
     in_process(
-        ["fit", "--config", str(config), "--model.model.vision.name_or_path", str(tower),
+        ["fit", "--config", str(config), *start,
          "--model.model.vision.select_layer", "-1", "--model.policy.stage", "align",
          "--model.model.llm.name_or_path", str(ASSETS / "configs" / "llama.json"),
          "--model.model.llm.tokenizer", str(ASSETS / "tokenizer"),

@@ -133,6 +133,29 @@ def test_init_from_export_loads_every_weight_then_applies_the_stage(tmp_path, ll
         load_all(other, tmp_path / "missing.ckpt")
 
 
+@pytest.mark.parametrize("kind", ["hf_clip", "open_clip"])
+def test_init_from_a_tower_export_sets_the_tower_only(tmp_path, kind):
+    from mm.train.contrastive_module import export_tower
+
+    config = tiny_vlm_config(vision=kind)
+    source = build_for_stage(config, TrainingPolicy(stage="full", init_seed=1))
+    with torch.no_grad():
+        for param in source.vision_tower.parameters():
+            param.add_(0.5)
+    export_tower(source.vision_tower, tmp_path / "tower", source="test")
+    target = build_for_stage(config, TrainingPolicy(stage="full", init_seed=2, init_from=str(tmp_path / "tower")))
+    fresh = build_for_stage(config, TrainingPolicy(stage="full", init_seed=2))
+    for key, value in source.vision_tower.state_dict().items():
+        assert torch.equal(target.vision_tower.state_dict()[key], value), key
+    for part in ("projector", "llm"):  # as built from the stage's own seed
+        for (key, value), fresh_value in zip(getattr(target, part).state_dict().items(),
+                                             getattr(fresh, part).state_dict().values()):
+            assert torch.equal(value, fresh_value), key
+    (tmp_path / "not_a_tower").mkdir()
+    with pytest.raises(ValueError, match="neither an mm export"):
+        load_all(fresh, tmp_path / "not_a_tower")
+
+
 def test_gradient_checkpointing_keeps_the_gradients(config):
     from mm.data.batching import collate
     from mm.data.samples import Sample

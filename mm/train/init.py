@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
 from mm.builder import build_vlm
-from mm.config import VLMConfig
+from mm.checkpoint import is_checkpoint
+from mm.config import VisionTowerConfig, VLMConfig
+from mm.vision import build_vision_tower
 from mm.weights import UnreadableWeights, assign_state_dict, lightning_checkpoint_problem, read_safetensors
 from mm.train.policy import LORA_STAGES, TrainingPolicy
 
@@ -92,9 +95,13 @@ def saved_state(path: str | Path, part: str = "projector") -> dict[str, torch.Te
 
 
 def load_all(vlm, path: str | Path) -> None:
-    """Every weight from an export directory; names and shapes must match this model exactly."""
+    """Every weight from an export directory; names and shapes must match this model exactly. A tower-only
+    export (stage `contrastive`'s: no mm_config.json) sets the vision tower and leaves the other parts as built."""
     if not Path(path).is_dir():
         raise ValueError(f"init_from takes an export directory (with model.safetensors), got {path}")
+    if not is_checkpoint(path):
+        load_tower(vlm, path)
+        return
     state = saved_state(path, part="")
     _keep_own_newline(vlm, state, "projector.image_newline", path)
     try:
@@ -102,6 +109,30 @@ def load_all(vlm, path: str | Path) -> None:
     except RuntimeError as error:  # shape mismatches; names are checked by assign_state_dict
         raise ValueError(f"weights in {path} do not fit this model: {error}") from error
     log.info("all weights initialised from %s (%d tensors)", path, len(state))
+
+
+def load_tower(vlm, path: str | Path) -> None:
+    """The vision tower's weights from a tower export (`mm.train.contrastive_module.export_tower`): the folder
+    its kind loads from `name_or_path`, read as the stage's own tower config would read it."""
+    tower_config = tower_export_config(vlm.config.vision, Path(path))
+    try:
+        state = build_vision_tower(tower_config, load_weights=True).state_dict()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is neither an mm export (no mm_config.json) nor a {tower_config.kind} tower "
+                         f"folder: {error}") from error
+    try:
+        vlm.vision_tower.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"the tower in {path} does not fit this model's {tower_config.kind} tower: {error}") from error
+    log.info("vision tower initialised from the tower export %s (%d tensors); projector and LLM as built", path, len(state))
+
+
+def tower_export_config(config: VisionTowerConfig, folder: Path) -> VisionTowerConfig:
+    """`config` pointed at a tower export folder (open_clip's keeps its config and weights as two files)."""
+    if config.kind == "open_clip":
+        return dataclasses.replace(config, name_or_path=str(folder / "open_clip_config.json"),
+                                   pretrained=str(folder / "open_clip_model.safetensors"), model_config=None)
+    return dataclasses.replace(config, name_or_path=str(folder), model_config=None)
 
 
 def _keep_own_newline(vlm, state: dict, name: str, path) -> None:

@@ -56,7 +56,7 @@ class TrainingPolicy:
     init_projector_from: str | None = None
     """Projector weights from an align run: its export directory or a Lightning checkpoint (.ckpt)."""
     init_from: str | None = None
-    """Every weight (tower, projector, LLM) from an earlier run's export directory, e.g. when stage 1 trained a model from scratch."""
+    """Every weight (tower, projector, LLM) from an earlier run's export directory, e.g. when stage 1 trained a model from scratch; a `contrastive` stage's tower export sets the tower only."""
     init_seed: int = 0
     """Seed of every randomly initialised part, so that stage 2 rebuilds stage 1's random parts exactly."""
     gradient_checkpointing: bool = False
