@@ -69,7 +69,8 @@ def check_conversation(conversation: object, num_images: int | None = None, *, i
     """Raise ``ConversationError`` unless ``conversation`` keeps the contract (ARCHITECTURE.md).
 
     The one rule set for mm-prep (which rejects such records) and the encoders: a list of
-    ``{"from": "human"|"gpt"|"system", "value": non-empty str}``; after an optional leading system
+    ``{"from": "human"|"gpt"|"system", "value": non-empty str}`` (in a ``prompt`` a gpt turn may be empty: it
+    is the model's own earlier answer, which evaluation and chat replay as given); after an optional leading system
     message, roles alternate human, gpt, ... and end with gpt (with human for a ``prompt``);
     ``image_token`` appears only in human turns, ``num_images`` times when that is given.
     """
@@ -82,7 +83,7 @@ def check_conversation(conversation: object, num_images: int | None = None, *, i
             raise ConversationError(MALFORMED_RECORD, f"message {turn} is not {{'from': str, 'value': str}}")
         if message["from"] not in (HUMAN, GPT, SYSTEM):
             raise ConversationError(UNKNOWN_ROLE, f"message {turn} has role {message['from']!r}")
-        if not message["value"].strip():
+        if not message["value"].strip() and not (prompt and message["from"] == GPT):
             raise ConversationError(EMPTY_MESSAGE, f"message {turn} ({message['from']}) is empty")
     dialogue = conversation[1:] if conversation[0]["from"] == SYSTEM else conversation
     roles = [message["from"] for message in dialogue]

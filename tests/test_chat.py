@@ -105,6 +105,19 @@ def test_training_needs_a_final_assistant_turn_and_prompts_a_final_human_turn(to
         encode_prompt(CONVERSATION[:2], tokenizer, "vicuna_v1", tokens_per_image=1)
 
 
+def test_a_prompt_replays_an_empty_earlier_answer_but_training_refuses_one(tokenizer):
+    """The model's own empty answer to turn 1 (evaluation and chat replay it in turn 2) is not bad input; an
+    empty assistant message in training data is."""
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": ""},
+             {"from": "human", "value": "And its colour?"}]
+    ids = encode_prompt(turns, tokenizer, "vicuna_v1", tokens_per_image=1)
+    assert "ASSISTANT: </s>USER: And its colour? ASSISTANT:" in tokenizer.decode(ids).replace("  ", " ")
+    with pytest.raises(ConversationError, match=r"message 1 \(gpt\) is empty"):
+        encode_conversation(turns[:2], tokenizer, "vicuna_v1", tokens_per_image=1)
+    with pytest.raises(ConversationError, match=r"message 2 \(human\) is empty"):
+        encode_prompt(turns[:2] + [{"from": "human", "value": " "}], tokenizer, "vicuna_v1", tokens_per_image=1)
+
+
 def test_truncation_keeps_images_whole(tokenizer):
     full = encode_conversation(CONVERSATION, tokenizer, "vicuna_v1", tokens_per_image=8)
     last_image = max(i for i, t in enumerate(full.input_ids) if t == tokenizer.convert_tokens_to_ids("<image>"))
