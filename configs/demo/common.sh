@@ -4,7 +4,24 @@
 START=$(date +%s)
 stamp() { echo "[$STAMP_NAME $(( $(date +%s) - START ))s] $*"; }
 
-# The same bits on every run and every x86-64 machine with AVX2: a fixed thread count, and the AVX2 code
+# phase NAME: the time from here to the next phase (or to where_the_time_went) is booked to NAME
+PHASES=()
+phase() {
+  PHASES+=("$1 $(date +%s)")
+}
+where_the_time_went() {
+  local now entry index name started next
+  now=$(date +%s)
+  echo "where the time went (seconds):"
+  for index in "${!PHASES[@]}"; do
+    entry="${PHASES[$index]}"
+    name="${entry% *}" started="${entry##* }" next="${PHASES[$((index + 1))]:-end $now}"
+    printf '  %-12s %6s\n' "$name" "$(( ${next##* } - started ))"
+  done
+  printf '  %-12s %6s\n' "total" "$(( now - START ))"
+}
+
+# The same bits on every run on one machine (not across CPU vendors: README, "The demo"): a fixed thread count, and the AVX2 code
 # paths of ATen, MKL (its conditional numerical reproducibility mode) and oneDNN instead of whatever the CPU
 # offers. Float results differ in the last bits between those paths, and over thousands of steps the demo
 # turns last bits into different models (BENCHMARKS.md, "demo reproducibility"). Set any of them to override.

@@ -8,7 +8,9 @@
 # (synthetic scenes, default 6000 / 300), DEMO_MAX_STEPS (cut each stage short; default: the recipes' epochs),
 # DEMO_TRAIN_ARGS (more mm-train options for both stages, e.g. "--trainer.log_every_n_steps 1"), DEMO_IFEVAL_TRAIN
 # (1, default: stage 2 also trains on the ifeval/ shards, questions under IFEval instructions, at weight 0.5;
-# 0: instructions only, the baseline of the ifeval_mm figures in the README).
+# 0: instructions only, the baseline of the ifeval_mm figures in the README), DEMO_STAGES (the recipes to chain,
+# default configs/demo/stage*.yaml; e.g. "configs/demo/tower_contrastive.yaml configs/demo/stage1_captions.yaml
+# configs/demo/stage2_finetune.yaml" starts from a contrastively trained tower).
 set -euo pipefail
 
 DIR="${1:-demo_out}"
@@ -25,6 +27,7 @@ STAMP_NAME=demo
 # shellcheck source=configs/demo/common.sh
 source configs/demo/common.sh
 
+phase data
 if [ -f "$DIR/synth/synth.json" ]; then
   stamp "synthetic data already in $DIR/synth"
 else
@@ -32,13 +35,31 @@ else
   mm-prep synth --out "$DIR/synth" --num-train "$NUM_TRAIN" --num-eval "$NUM_EVAL" --max-objects 2
 fi
 
-train_stage "$DIR/stage1" configs/demo/stage1_captions.yaml "[{\"urls\": \"$DIR/synth/align\"}]"
-STAGE2_SHARDS="[{\"urls\": \"$DIR/synth/instruct\"}"
+# The chain: every configs/demo/stage*.yaml in name order (or the recipes DEMO_STAGES lists), each from the one
+# before (init_from its export); stage2* reads the instructions, every other stage the captions. A stage trains
+# into DIR/<file name up to the first underscore> (stage2_finetune.yaml -> DIR/stage2).
+INSTRUCT_SHARDS="[{\"urls\": \"$DIR/synth/instruct\"}"
 if [ "$IFEVAL_TRAIN" = "1" ]; then
-  STAGE2_SHARDS+=", {\"urls\": \"$DIR/synth/ifeval\", \"weight\": 0.5}"
+  INSTRUCT_SHARDS+=", {\"urls\": \"$DIR/synth/ifeval\", \"weight\": 0.5}"
 fi
-train_stage "$DIR/stage2" configs/demo/stage2_finetune.yaml "$STAGE2_SHARDS]" --model.policy.init_from "$DIR/stage1/export"
+INSTRUCT_SHARDS+="]"
+PREVIOUS=()
+STAGE_DIRS=()
+read -r -a STAGE_CONFIGS <<< "${DEMO_STAGES:-$(echo configs/demo/stage*.yaml)}"
+for config in "${STAGE_CONFIGS[@]}"; do
+  stage="$(basename "$config" .yaml)"
+  stage="${stage%%_*}"
+  case "$stage" in
+    stage2*) shards="$INSTRUCT_SHARDS" ;;
+    *) shards="[{\"urls\": \"$DIR/synth/align\"}]" ;;
+  esac
+  phase "$stage"
+  train_stage "$DIR/$stage" "$config" "$shards" "${PREVIOUS[@]}"
+  PREVIOUS=(--model.policy.init_from "$DIR/$stage/export")
+  STAGE_DIRS+=("$DIR/$stage")
+done
 
+phase evaluation
 for task in synth_vqa synth_mc; do
   stamp "mm-eval run --task $task"
   mm-eval run --task "$task" --checkpoint "$DIR/stage2/export" --out "$DIR/eval/$task" --data "$DIR/synth" \
@@ -77,9 +98,11 @@ print("  ".join(f"{name} {ifeval[name]:.1f}" for name in
                 ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose", "pif")))
 PY
 
+phase pictures
 # Pictures of the run: both stages' training curves, and the scores per task and category
-mm-plot "$DIR/stage1" "$DIR/stage2" --out "$DIR/training_curves.png" > /dev/null
+mm-plot "${STAGE_DIRS[@]}" --out "$DIR/training_curves.png" > /dev/null
 mm-eval compare "$DIR/eval" --out "$DIR/eval_scores.md" > /dev/null
 stamp "training curves (loss, learning rate, tokens/s): $DIR/training_curves.png"
 stamp "evaluation scores per category: $DIR/eval_scores.png (table: $DIR/eval_scores.md)"
 stamp "done"
+where_the_time_went
