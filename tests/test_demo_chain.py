@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 CHAIN = "configs/demo/tower_contrastive.yaml configs/demo/stage1_captions.yaml configs/demo/stage2_finetune.yaml"
 
 
+# slow (left out of `make test`): its parts have faster tests there, the tower export taken by `init_from` through
+# mm-train (tests/test_train_contrastive.py) and the chain of stage*.yaml with its time accounting through
+# run_demo.sh (tests/test_demo_determinism.py); this one runs them together, as `DEMO_STAGES` does
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # about 80 s on an idle 2-core machine
 def test_a_tower_stage_chains_into_the_demo_and_the_time_is_accounted(tmp_path):
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),

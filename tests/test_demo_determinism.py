@@ -42,6 +42,9 @@ def test_shortened_demo_twice_gives_identical_losses_weights_and_scores(tmp_path
         assert demo.returncode == 0, output[-4000:]
     assert "synth_vqa (held-out scenes)" in output and "[demo" in output
     assert re.search(r"^step 4/4  loss ", output, re.MULTILINE)  # the progress line without a progress bar
+    times = output[output.index("where the time went (seconds):"):]  # one line per phase, in order
+    assert re.findall(r"^  (\w+)\s+\d+$", times, re.MULTILINE) == ["data", "stage1", "stage2", "evaluation", "pictures",
+                                                                "total"]
     for picture in ("training_curves.png", "eval_scores.png"):  # drawn at the end, their paths printed
         assert (runs[1] / picture).stat().st_size > 0 and str(runs[1] / picture) in output
     a, b = runs
