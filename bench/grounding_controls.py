@@ -11,7 +11,8 @@ each a short in-process training run on data drawn fresh from the synthetic worl
   shape and size of the one object of a scene: can the tower learn them at all?
 - `language`: the LLM alone on generic in-context tasks over random single-token words of the tokenizer (copy a
   list, recall the word after a given one, is "a b" one of the listed pairs, is a word before another): can
-  it learn to match words of a question to words before it?
+  it learn to match words of a question to words before it? `induction` (a random list said twice, every
+  answer token trained) is there to grow the heads that copy what followed a word before; it is not scored.
 
     .venv/bin/python bench/grounding_controls.py answer --checkpoint demo_out/stage1/export --input caption \
         --max-objects 1 --programs attribute_color,attribute_shape,attribute_size,exist --steps 600 --out a.json
@@ -103,6 +104,11 @@ def train(parameters, steps: int, lr: float, loss_of_step, evaluate, every: int)
     return history
 
 
+def system_turn(system: str | None) -> list[dict]:
+    """A leading system turn: the template's own system message (vicuna_v1's 30 tokens) is replaced by it."""
+    return [{"from": "system", "value": system}] if system else []
+
+
 def percent(hits: dict[str, int], totals: dict[str, int]) -> dict[str, float]:
     scores = {name: round(100 * hits.get(name, 0) / totals[name], 1) for name in sorted(totals)}
     scores["overall"] = round(100 * sum(hits.values()) / sum(totals.values()), 1)
@@ -113,8 +119,9 @@ def percent(hits: dict[str, int], totals: dict[str, int]) -> dict[str, float]:
 class QuestionSamples:
     """Fresh scenes with one question each, encoded for the model: the image, or its description as text."""
 
-    def __init__(self, vlm, world: WorldConfig, programs: tuple[str, ...], use_caption: bool):
+    def __init__(self, vlm, world: WorldConfig, programs: tuple[str, ...], use_caption: bool, system: str | None):
         self.vlm, self.world, self.programs, self.use_caption = vlm, world, programs, use_caption
+        self.opening = system_turn(system)
         self.transform = vlm.make_image_transform()
 
     def draw(self, rng: random.Random) -> tuple[list[int], list[int], torch.Tensor | None, str]:
@@ -123,7 +130,8 @@ class QuestionSamples:
         if qa is None:
             raise ValueError(f"no question of {self.programs} fits the scene {scene.to_json()}")
         context = description(scene, self.world) if self.use_caption else IMAGE_TOKEN
-        conversation = [{"from": "human", "value": f"{context}\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]
+        conversation = [*self.opening, {"from": "human", "value": f"{context}\n{qa.question}"},
+                        {"from": "gpt", "value": qa.answer}]  # fmt: skip
         encoded = encode_conversation(conversation, self.vlm.tokenizer, self.vlm.config.chat_template,
                                       tokens_per_image=self.vlm.tokens_per_image,
                                       num_images=0 if self.use_caption else 1)  # fmt: skip
@@ -145,7 +153,7 @@ def run_answer(args) -> dict:
         vlm.vision_tower.load_state_dict(torch.load(args.tower, weights_only=True))
     vlm.set_trainable(vision=not args.freeze_tower, projector=True, llm=True)
     world = WorldConfig(min_objects=1, max_objects=args.max_objects)
-    data = QuestionSamples(vlm, world, tuple(args.programs.split(",")), args.input == "caption")
+    data = QuestionSamples(vlm, world, tuple(args.programs.split(",")), args.input == "caption", args.system)
     eval_rng = random.Random(EVAL_SEED)
     held_out = [data.draw(eval_rng) for _ in range(args.num_eval)]
 
@@ -264,7 +272,14 @@ def copy_task(rng: random.Random, words: list[str]) -> tuple[str, str, str]:
     return " ".join(drawn), "Repeat the words.", " ".join(drawn)
 
 
-LANGUAGE_TASKS = {"copy": copy_task, "recall": recall_task, "pairs": pairs_task, "order": order_task}
+def induction_task(rng: random.Random, words: list[str]) -> tuple[str, str, str]:
+    """A list said twice: the answer's second half is learnable only by finding what followed the current word
+    the first time (an induction head); many such targets per sample."""
+    drawn = rng.choices(words, k=rng.randint(8, 16))
+    return "", "Say a list twice.", " ".join(drawn + drawn)
+
+
+LANGUAGE_TASKS = {"induction": induction_task, "copy": copy_task, "recall": recall_task, "pairs": pairs_task, "order": order_task}
 
 
 def run_language(args) -> dict:
@@ -277,13 +292,15 @@ def run_language(args) -> dict:
 
     def encode(task: str, rng: random.Random) -> tuple[list[int], list[int]]:
         context, question, answer = LANGUAGE_TASKS[task](rng, words)
-        conversation = [{"from": "human", "value": f"{context}\n{question}"}, {"from": "gpt", "value": answer}]
+        prompt = f"{context}\n{question}" if context else question
+        conversation = [*system_turn(args.system), {"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
         encoded = encode_conversation(conversation, vlm.tokenizer, vlm.config.chat_template,
                                       tokens_per_image=vlm.tokens_per_image, num_images=0)  # fmt: skip
         return encoded.input_ids, encoded.labels
 
     pad = vlm.tokenizer.pad_token_id or 0
-    held_out = {t: collate([encode(t, random.Random(EVAL_SEED + i)) for i in range(args.num_eval)], pad) for t in tasks}
+    scored = [t for t in tasks if t != "induction"]  # half of its answer is random: trained on, not scored
+    held_out = {t: collate([encode(t, random.Random(EVAL_SEED + i)) for i in range(args.num_eval)], pad) for t in scored}
 
     @torch.no_grad()
     def evaluate() -> dict:
@@ -320,6 +337,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         sub.add_argument("--every", type=int, default=100, help="evaluate every this many steps")
         sub.add_argument("--num-eval", type=int, default=600, help="held-out samples (per task for language)")
         sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--system", help="answer, language: a system message instead of the template's own")
         sub.add_argument("--out", help="write the settings and the accuracy curve here (JSON)")
         sub.add_argument("--save", help="tower: its state dict; language: the whole export, after training")
     answer = controls.choices["answer"]

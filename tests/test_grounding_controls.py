@@ -15,17 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 import grounding_controls as controls  # noqa: E402
 
-from mm.builder import build_vlm  # noqa: E402
 from mm.chat import IGNORE_INDEX  # noqa: E402
-from test_grounding_probe import demo_model_config  # noqa: E402
+from test_grounding_probe import saved_demo_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("controls") / "model"
-    build_vlm(demo_model_config()).save_pretrained(path)
-    return path
+    return saved_demo_model(tmp_path_factory.mktemp("controls"))
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +93,20 @@ def test_tower_control_saves_a_tower_the_answer_control_loads(checkpoint, tmp_pa
 def test_language_control_runs_and_refuses_unknown_tasks(checkpoint, tmp_path):
     result = controls.main(["language", "--checkpoint", str(checkpoint), "--steps", "2", "--every", "1",
                             "--batch-size", "4", "--num-eval", "8", "--save", str(tmp_path / "lm")])
-    curve_is_sane(result, [1, 2], set(controls.LANGUAGE_TASKS))
+    curve_is_sane(result, [1, 2], set(controls.LANGUAGE_TASKS) - {"induction"})
     assert (tmp_path / "lm" / "model.safetensors").exists()
     with pytest.raises(SystemExit, match="unknown language task"):
         controls.main(["language", "--checkpoint", str(checkpoint), "--tasks", "copy,sing"])
+
+
+def test_a_system_message_replaces_the_templates_own(checkpoint):
+    from data_prep.synth.world import WorldConfig
+    from mm.loading import load_pretrained
+
+    vlm = load_pretrained(checkpoint)
+    for system, opening in (("Chat.", "<s>Chat. USER: "), (None, "<s>A chat between")):
+        data = controls.QuestionSamples(vlm, WorldConfig(max_objects=2), ("exist",), True, system)
+        ids, labels, pixels, program = data.draw(random.Random(0))
+        text = vlm.tokenizer.decode(ids)
+        assert text.startswith(opening) and "<image>" not in text and pixels is None and program == "exist"
+        assert "There is" in text or "There are" in text  # the scene's description stands in for the image

@@ -40,12 +40,16 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
+def saved_demo_model(directory: Path) -> Path:
+    """An untrained model of the demo's architecture (seed 0), saved as `directory/model`."""
+    torch.manual_seed(0)
+    build_vlm(demo_model_config()).save_pretrained(directory / "model")
+    return directory / "model"
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("grounding") / "model"
-    build_vlm(demo_model_config()).save_pretrained(path)
-    return path
+    return saved_demo_model(tmp_path_factory.mktemp("grounding"))
 
 
 @pytest.fixture(scope="module", autouse=True)
