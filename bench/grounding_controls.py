@@ -40,25 +40,14 @@ from data_prep.synth.programs import VQA_PROGRAMS, ask, description  # noqa: E40
 from data_prep.synth.world import WorldConfig, render_png, sample_scene  # noqa: E402
 from mm.atomic import write_json_atomic  # noqa: E402
 from mm.chat import IGNORE_INDEX, IMAGE_TOKEN, encode_conversation  # noqa: E402
+from mm.data.batching import collate  # noqa: E402
+from mm.data.samples import Sample  # noqa: E402
 from mm.loading import load_pretrained  # noqa: E402
 
 EVAL_SEED = 10_007
 
 
 # ----------------------------------------------------------------------------- shared pieces
-def collate(samples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """(input_ids, labels) pairs -> right-padded ids, labels and the 2-D attention mask."""
-    width = max(len(ids) for ids, _ in samples)
-    ids = torch.full((len(samples), width), pad_id)
-    labels = torch.full((len(samples), width), IGNORE_INDEX)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, (sample_ids, sample_labels) in enumerate(samples):
-        ids[row, : len(sample_ids)] = torch.tensor(sample_ids)
-        labels[row, : len(sample_labels)] = torch.tensor(sample_labels)
-        mask[row, : len(sample_ids)] = 1
-    return ids, labels, mask
-
-
 def prefix_attention_mask(mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Boolean (B, 1, T, T): positions before a row's first labelled token see each other both ways, the
     rest is causal; padding is seen by no one (each position sees itself, so no softmax row is empty)."""
@@ -105,7 +94,7 @@ def train(parameters, steps: int, lr: float, loss_of_step, evaluate, every: int)
 
 
 def system_turn(system: str | None) -> list[dict]:
-    """A leading system turn: the template's own system message (vicuna_v1's 30 tokens) is replaced by it."""
+    """A leading system turn: the template's own system message (vicuna_v1's 29 tokens) is replaced by it."""
     return [{"from": "system", "value": system}] if system else []
 
 
@@ -124,7 +113,8 @@ class QuestionSamples:
         self.opening = system_turn(system)
         self.transform = vlm.make_image_transform()
 
-    def draw(self, rng: random.Random) -> tuple[list[int], list[int], torch.Tensor | None, str]:
+    def draw(self, rng: random.Random) -> tuple[Sample, str]:
+        """A sample (uint8 pixels, or none for the caption input) and its question's program."""
         scene = sample_scene(rng, self.world)
         qa = ask(scene, rng, self.world, self.programs)
         if qa is None:
@@ -135,15 +125,16 @@ class QuestionSamples:
         encoded = encode_conversation(conversation, self.vlm.tokenizer, self.vlm.config.chat_template,
                                       tokens_per_image=self.vlm.tokens_per_image,
                                       num_images=0 if self.use_caption else 1)  # fmt: skip
-        pixels = None
+        images = []
         if not self.use_caption:
-            pixels = self.transform.views(Image.open(io.BytesIO(render_png(scene, self.world))).convert("RGB"))
-        return encoded.input_ids, encoded.labels, pixels, qa.program
+            images = [self.transform.views(Image.open(io.BytesIO(render_png(scene, self.world))).convert("RGB"))]
+        return Sample(encoded.input_ids, encoded.labels, images), qa.program
 
-    def batch(self, samples: list) -> dict:
-        ids, labels, mask = collate([(s[0], s[1]) for s in samples], self.vlm.tokenizer.pad_token_id or 0)
-        pixels = None if self.use_caption else self.transform.normalize(torch.cat([s[2] for s in samples]))
-        return {"input_ids": ids, "labels": labels, "mask": mask, "pixel_values": pixels}
+    def batch(self, drawn: list[tuple[Sample, str]]) -> dict:
+        batch = collate([sample for sample, _ in drawn], self.vlm.tokenizer.pad_token_id or 0)
+        if batch["pixel_values"] is not None:
+            batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
+        return batch
 
 
 def run_answer(args) -> dict:
@@ -158,7 +149,9 @@ def run_answer(args) -> dict:
     held_out = [data.draw(eval_rng) for _ in range(args.num_eval)]
 
     def forward(batch: dict, with_labels: bool):
-        mask = prefix_attention_mask(batch["mask"], batch["labels"]) if args.prefix_attention else batch["mask"]
+        mask = batch["attention_mask"]
+        if args.prefix_attention:
+            mask = prefix_attention_mask(mask, batch["labels"])
         return vlm(batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=mask,
                    labels=batch["labels"] if with_labels else None, return_logits=not with_labels)  # fmt: skip
 
@@ -169,9 +162,9 @@ def run_answer(args) -> dict:
         for start in range(0, len(held_out), 64):
             chunk = held_out[start:start + 64]
             batch = data.batch(chunk)
-            for sample, correct in zip(chunk, teacher_forced_correct(forward(batch, False).logits, batch["labels"])):
-                hits[sample[3]] = hits.get(sample[3], 0) + correct
-                totals[sample[3]] = totals.get(sample[3], 0) + 1
+            for (_, program), correct in zip(chunk, teacher_forced_correct(forward(batch, False).logits, batch["labels"])):
+                hits[program] = hits.get(program, 0) + correct
+                totals[program] = totals.get(program, 0) + 1
         vlm.train()
         return percent(hits, totals)
 
@@ -290,13 +283,13 @@ def run_language(args) -> dict:
     if unknown:
         raise SystemExit(f"unknown language task(s) {unknown}; valid: {', '.join(LANGUAGE_TASKS)}")
 
-    def encode(task: str, rng: random.Random) -> tuple[list[int], list[int]]:
+    def encode(task: str, rng: random.Random) -> Sample:
         context, question, answer = LANGUAGE_TASKS[task](rng, words)
         prompt = f"{context}\n{question}" if context else question
         conversation = [*system_turn(args.system), {"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
         encoded = encode_conversation(conversation, vlm.tokenizer, vlm.config.chat_template,
                                       tokens_per_image=vlm.tokens_per_image, num_images=0)  # fmt: skip
-        return encoded.input_ids, encoded.labels
+        return Sample(encoded.input_ids, encoded.labels, [])
 
     pad = vlm.tokenizer.pad_token_id or 0
     scored = [t for t in tasks if t != "induction"]  # half of its answer is random: trained on, not scored
@@ -306,8 +299,9 @@ def run_language(args) -> dict:
     def evaluate() -> dict:
         vlm.eval()
         scores = {}
-        for task, (ids, labels, mask) in held_out.items():
-            correct = teacher_forced_correct(vlm(ids, attention_mask=mask).logits, labels)
+        for task, batch in held_out.items():
+            logits = vlm(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            correct = teacher_forced_correct(logits, batch["labels"])
             scores[task] = round(100 * sum(correct) / len(correct), 1)
         vlm.train()
         return scores
@@ -315,8 +309,9 @@ def run_language(args) -> dict:
     rng = random.Random(args.seed)
 
     def loss_of_step(step: int) -> torch.Tensor:
-        ids, labels, mask = collate([encode(rng.choice(tasks), rng) for _ in range(args.batch_size)], pad)
-        return vlm(ids, attention_mask=mask, labels=labels, return_logits=False).loss
+        batch = collate([encode(rng.choice(tasks), rng) for _ in range(args.batch_size)], pad)
+        return vlm(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                   return_logits=False).loss  # fmt: skip
 
     history = train(vlm.parameters(), args.steps, args.lr, loss_of_step, evaluate, args.every)
     if args.save:

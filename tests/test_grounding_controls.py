@@ -106,7 +106,7 @@ def test_a_system_message_replaces_the_templates_own(checkpoint):
     vlm = load_pretrained(checkpoint)
     for system, opening in (("Chat.", "<s>Chat. USER: "), (None, "<s>A chat between")):
         data = controls.QuestionSamples(vlm, WorldConfig(max_objects=2), ("exist",), True, system)
-        ids, labels, pixels, program = data.draw(random.Random(0))
-        text = vlm.tokenizer.decode(ids)
-        assert text.startswith(opening) and "<image>" not in text and pixels is None and program == "exist"
+        sample, program = data.draw(random.Random(0))
+        text = vlm.tokenizer.decode(sample.input_ids)
+        assert text.startswith(opening) and "<image>" not in text and not sample.images and program == "exist"
         assert "There is" in text or "There are" in text  # the scene's description stands in for the image
