@@ -4,7 +4,7 @@ each a short in-process training run on data drawn fresh from the synthetic worl
 - `answer`: a stage export trained on one-question samples of the chosen `synth` programs, the question about
   the image (`--input image`) or about the scene's one-sentence description given as text in its place
   (`--input caption`: the same facts, no vision). `--prefix-attention` lets every prompt position (image tokens
-  included) see the whole prompt, as PaliGemma's prefix-LM does; `--tower FILE` swaps in a tower state dict
+  included) see the whole prompt, as PaliGemma's prefix-LM does; `--tower FILE` swaps in a tower's weights
   (e.g. one the `tower` control trained). Teacher-forced accuracy per program (every answer token and the
   end of turn right) on held-out questions of fresh scenes, every `--every` steps.
 - `tower`: the vision tower alone, a linear head on the maximum over its output tokens, trained to name the
@@ -16,7 +16,7 @@ each a short in-process training run on data drawn fresh from the synthetic worl
 
     .venv/bin/python bench/grounding_controls.py answer --checkpoint demo_out/stage1/export --input caption \
         --max-objects 1 --programs attribute_color,attribute_shape,attribute_size,exist --steps 600 --out a.json
-    .venv/bin/python bench/grounding_controls.py tower --checkpoint demo_out/stage1/export --save tower.pt
+    .venv/bin/python bench/grounding_controls.py tower --checkpoint demo_out/stage1/export --save tower.safetensors
     .venv/bin/python bench/grounding_controls.py language --checkpoint demo_out/stage1/export --steps 1500
 """
 
@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_prep.synth.programs import VQA_PROGRAMS, ask, description  # noqa: E402
@@ -93,6 +95,10 @@ def train(parameters, steps: int, lr: float, loss_of_step, evaluate, every: int)
     return history
 
 
+def scene_image(scene, world: WorldConfig) -> Image.Image:
+    return Image.open(io.BytesIO(render_png(scene, world))).convert("RGB")
+
+
 def system_turn(system: str | None) -> list[dict]:
     """A leading system turn: the template's own system message (vicuna_v1's 29 tokens) is replaced by it."""
     return [{"from": "system", "value": system}] if system else []
@@ -127,7 +133,7 @@ class QuestionSamples:
                                       num_images=0 if self.use_caption else 1)  # fmt: skip
         images = []
         if not self.use_caption:
-            images = [self.transform.views(Image.open(io.BytesIO(render_png(scene, self.world))).convert("RGB"))]
+            images = [self.transform.views(scene_image(scene, self.world))]
         return Sample(encoded.input_ids, encoded.labels, images), qa.program
 
     def batch(self, drawn: list[tuple[Sample, str]]) -> dict:
@@ -141,8 +147,11 @@ def run_answer(args) -> dict:
     torch.manual_seed(args.seed)
     vlm = load_pretrained(args.checkpoint).train()
     if args.tower:
-        vlm.vision_tower.load_state_dict(torch.load(args.tower, weights_only=True))
-    vlm.set_trainable(vision=not args.freeze_tower, projector=True, llm=True)
+        try:
+            vlm.vision_tower.load_state_dict(load_file(args.tower))
+        except (OSError, RuntimeError, SafetensorError) as error:
+            raise SystemExit(f"--tower {args.tower}: not a tower of this checkpoint's architecture ({error})") from None
+    vlm.set_trainable(vision=True, projector=True, llm=True)
     world = WorldConfig(min_objects=1, max_objects=args.max_objects)
     data = QuestionSamples(vlm, world, tuple(args.programs.split(",")), args.input == "caption", args.system)
     eval_rng = random.Random(EVAL_SEED)
@@ -180,8 +189,6 @@ def run_tower(args) -> dict:
     torch.manual_seed(args.seed)
     vlm = load_pretrained(args.checkpoint)
     tower, transform = vlm.vision_tower.train().requires_grad_(True), vlm.make_image_transform()
-    if args.reinit:
-        tower.apply(_reinit)
     world = WorldConfig(min_objects=1, max_objects=1)
     shapes, sizes = {s: i for i, s in enumerate(world.shapes)}, {s: i for i, s in enumerate(world.sizes)}
     with torch.no_grad():
@@ -190,7 +197,7 @@ def run_tower(args) -> dict:
 
     def draw(rng: random.Random, count: int):
         scenes = [sample_scene(rng, world) for _ in range(count)]
-        pixels = [transform.views(Image.open(io.BytesIO(render_png(s, world))).convert("RGB")) for s in scenes]
+        pixels = [transform.views(scene_image(s, world)) for s in scenes]
         return (transform.normalize(torch.cat(pixels)), torch.tensor([shapes[s.objects[0]["shape"]] for s in scenes]),
                 torch.tensor([sizes[s.objects[0]["size"]] for s in scenes]))  # fmt: skip
 
@@ -215,13 +222,8 @@ def run_tower(args) -> dict:
 
     history = train([*tower.parameters(), *head.parameters()], args.steps, args.lr, loss_of_step, evaluate, args.every)
     if args.save:
-        torch.save(tower.state_dict(), args.save)
+        save_file({name: tensor.contiguous() for name, tensor in tower.state_dict().items()}, args.save)
     return {"history": history}
-
-
-def _reinit(module: torch.nn.Module) -> None:
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
 
 
 # ----------------------------------------------------------------------------- language control
@@ -332,17 +334,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         sub.add_argument("--every", type=int, default=100, help="evaluate every this many steps")
         sub.add_argument("--num-eval", type=int, default=600, help="held-out samples (per task for language)")
         sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--system", help="answer, language: a system message instead of the template's own")
+        if name != "tower":
+            sub.add_argument("--system", help="a system message instead of the chat template's own")
         sub.add_argument("--out", help="write the settings and the accuracy curve here (JSON)")
-        sub.add_argument("--save", help="tower: its state dict; language: the whole export, after training")
+        sub.add_argument("--save", help="tower: its weights (safetensors); language: the whole export, after training")
     answer = controls.choices["answer"]
     answer.add_argument("--input", choices=("image", "caption"), default="image")
     answer.add_argument("--programs", default=",".join(VQA_PROGRAMS), help="synth question programs, comma-separated")
     answer.add_argument("--max-objects", type=int, default=2)
     answer.add_argument("--prefix-attention", action="store_true")
-    answer.add_argument("--tower", help="a tower state dict to use instead of the checkpoint's")
-    answer.add_argument("--freeze-tower", action="store_true")
-    controls.choices["tower"].add_argument("--reinit", action="store_true", help="start the tower from random weights")
+    answer.add_argument("--tower", help="a tower's weights (safetensors, as `tower --save` writes) instead of the checkpoint's")
     controls.choices["language"].add_argument("--tasks", default=",".join(LANGUAGE_TASKS))
     return parser.parse_args(argv)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -81,13 +82,18 @@ def test_answer_control_runs(checkpoint, tmp_path, options):
 
 
 def test_tower_control_saves_a_tower_the_answer_control_loads(checkpoint, tmp_path):
-    tower = tmp_path / "tower.pt"
+    tower = tmp_path / "tower.safetensors"
     result = controls.main(["tower", "--checkpoint", str(checkpoint), "--steps", "2", "--every", "5",
                             "--batch-size", "4", "--num-eval", "8", "--save", str(tower)])
     curve_is_sane(result, [2], {"shape", "size"})
     assert tower.exists()
     controls.main(["answer", "--checkpoint", str(checkpoint), "--tower", str(tower), "--steps", "1",
                    "--batch-size", "2", "--num-eval", "4"])
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"not.a.tower.weight": torch.zeros(2)}, str(wrong))
+    for bad in (wrong, tmp_path / "missing.safetensors"):
+        with pytest.raises(SystemExit, match="not a tower of this checkpoint"):
+            controls.main(["answer", "--checkpoint", str(checkpoint), "--tower", str(bad), "--steps", "1"])
 
 
 def test_language_control_runs_and_refuses_unknown_tasks(checkpoint, tmp_path):
