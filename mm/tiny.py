@@ -9,7 +9,8 @@ from mm.vision import VISION_TOWERS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TOKENIZER_DIR = ASSETS / "tokenizer"
-TINY_LLMS = ("llama", "qwen2")
+TINY_LLMS = ("llama", "qwen2", "qwen3")
+"""qwen3: llama's shape with RMS-normalised queries and keys (QK-norm); README, "Does the model read its images?"."""
 
 
 def tiny_vision_kinds() -> dict[str, str]:

@@ -9,7 +9,7 @@ from helpers_model import prompt_ids, text_ids, tiny_model
 
 import mm
 from mm.config import VLMConfig
-from mm.tiny import TOKENIZER_DIR, tiny_config_path, tiny_vlm_config
+from mm.tiny import TINY_LLMS, TOKENIZER_DIR, tiny_config_path, tiny_vlm_config
 
 
 def logits_of(model, seed: int = 0) -> torch.Tensor:
@@ -20,7 +20,8 @@ def logits_of(model, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "vision, llm, projector",
-    [("hf_clip", "llama", "mlp2x_gelu"), ("open_clip", "qwen2", "pixel_shuffle2x_mlp"), ("hf_siglip", "llama", "linear")],
+    [("hf_clip", "llama", "mlp2x_gelu"), ("open_clip", "qwen2", "pixel_shuffle2x_mlp"), ("hf_siglip", "llama", "linear"),
+     ("hf_clip", "qwen3", "pixel_shuffle2x_mlp")],
 )
 def test_round_trip_gives_the_same_logits(tmp_path, vision, llm, projector):
     model = tiny_model(vision, llm, projector, chat_template="plain", image_transform="crop")
@@ -172,7 +173,7 @@ def test_shipped_tokenizer_properties():
 
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
     assert tok.is_fast
-    for name in ("llama", "qwen2"):
+    for name in TINY_LLMS:
         assert json.loads(tiny_config_path(name).read_text())["vocab_size"] == len(tok)
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<|im_start|>", "<|im_end|>"]
     assert tok.convert_tokens_to_ids(specials) == list(range(7))

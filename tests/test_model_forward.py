@@ -1,9 +1,13 @@
 """Scatter of image features into placeholder positions, labels, loss, and pass-through of masks."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers_model import prompt_ids, right_pad, text_ids, tiny_model
+
+from mm.tiny import tiny_config_path
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +155,7 @@ def test_malformed_inputs_are_clear_errors(model):
         model(ids, pixel_values, labels=ids[:, 1:])
 
 
-@pytest.mark.parametrize("llm", ["llama", "qwen2"])
+@pytest.mark.parametrize("llm", ["llama", "qwen2", "qwen3"])
 def test_labelled_positions_loss_equals_full_logits_loss_and_gradients(llm):
     """return_logits=False runs the head on labelled positions only: same loss, same gradients."""
     model = tiny_model(llm=llm)
@@ -182,3 +186,15 @@ def test_logit_modifying_heads_keep_the_full_path(model, monkeypatch):
     assert not model._head_is_plain_linear()
     monkeypatch.setattr(model.llm.config, "final_logit_softcapping", None)
     assert model._head_is_plain_linear()
+
+
+def test_tiny_qwen3_is_the_tiny_llama_with_qk_norm():
+    """README finding 5 compares the two as one lever: same shape, plus RMSNorm on queries and keys."""
+    llama, qwen3 = (json.loads(tiny_config_path(name).read_text()) for name in ("llama", "qwen3"))
+    head_dim = llama["hidden_size"] // llama["num_attention_heads"]
+    assert qwen3 == {**llama, "model_type": "qwen3", "head_dim": head_dim}
+    plain, normed = tiny_model(llm="llama"), tiny_model(llm="qwen3")
+    attention = normed.llm.model.layers[0].self_attn
+    assert attention.q_norm.weight.shape == attention.k_norm.weight.shape == (head_dim,)
+    extra = sum(p.numel() for p in normed.llm.parameters()) - sum(p.numel() for p in plain.llm.parameters())
+    assert extra == 2 * head_dim * llama["num_hidden_layers"]
