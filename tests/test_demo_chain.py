@@ -4,6 +4,7 @@ the run ends with where the time went."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,3 +44,24 @@ def test_a_tower_stage_chains_into_the_demo_and_the_time_is_accounted(tmp_path):
     for phase in ("data", "tower", "stage1", "stage2", "evaluation", "pictures", "total"):
         assert re.search(rf"^  {phase}\s+\d+$", times, re.MULTILINE), times
     assert (out / "training_curves.png").stat().st_size > 0
+
+
+# slow: the QK-norm LLM's parts have fast tests (tests/test_checkpoint.py round trip, tests/test_model_forward.py
+# loss parity and shape); this one runs it the way README finding 5 does, through run_demo.sh and DEMO_TRAIN_ARGS
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_qk_norm_llm_runs_the_whole_demo_through_demo_train_args(tmp_path):
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "DEMO_NUM_TRAIN": "48", "DEMO_NUM_EVAL": "12", "DEMO_MAX_STEPS": "2",
+           "DEMO_TRAIN_ARGS": "--trainer.log_every_n_steps 1 --data.batch_size 8 --model.model.llm.name_or_path mm/assets/configs/qwen3.json"}
+    out = tmp_path / "demo"
+    run = subprocess.run(["bash", str(REPO / "configs" / "demo" / "run_demo.sh"), str(out)], env=env,
+                         capture_output=True, text=True, timeout=580)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    for stage in ("stage1", "stage2"):
+        config = json.loads((out / stage / "export" / "mm_config.json").read_text())
+        assert config["llm"]["model_config"]["model_type"] == "qwen3", stage
+    weights = safetensors.torch.load_file(out / "stage2" / "export" / "model.safetensors")
+    assert any(name.endswith("self_attn.q_norm.weight") for name in weights)
+    assert (out / "eval" / "synth_vqa" / "metrics.md").is_file()
